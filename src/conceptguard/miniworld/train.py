@@ -1,0 +1,312 @@
+"""Training of the mini models: VAE, CLIP, oracle, UNet. Deterministic per seed, resumable.
+
+Every step draws its batch and noise from generators seeded by (seed, stage, step), so a run
+that is stopped and resumed from a checkpoint takes exactly the same steps as one that never
+stopped. Checkpoints (weights, optimizer and EMA state) are safetensors files in the cache
+directory; finished models are exported into the shipped weights folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from conceptguard.miniworld import export
+from conceptguard.miniworld.architectures import (OracleNet, clip_config, scheduler_config,
+                                                  unet_config, vae_config)
+from conceptguard.miniworld.data import cache_dir, cached_render_set, to_tensor
+from conceptguard.miniworld.paths import WEIGHTS_DIR, write_manifest
+from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, MARKS, Scene
+from conceptguard.miniworld.world import caption
+
+STAGES = ("vae", "clip", "oracle", "unet")  # the UNet needs the VAE and the CLIP text tower
+
+
+@dataclass
+class StageConfig:
+    steps: int
+    batch: int
+    lr: float
+    warmup: int = 100
+    checkpoint_every: int = 250
+
+
+DEFAULTS = {
+    "vae": StageConfig(steps=1400, batch=32, lr=1e-3),
+    "clip": StageConfig(steps=1600, batch=128, lr=1e-3, warmup=150),
+    "oracle": StageConfig(steps=1200, batch=96, lr=2e-3),
+    "unet": StageConfig(steps=9000, batch=64, lr=4e-4, warmup=300, checkpoint_every=500),
+}
+N_TRAIN = 50_000
+CAPTION_DROPOUT = 0.1
+EMA_DECAY = 0.999
+
+Reporter = Callable[[str, int, int, float], None]  # (stage, step, total, loss)
+
+
+def _lr(cfg: StageConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _rng(seed: int, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    key = [seed, STAGES.index(stage), step]
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+    return np.random.default_rng(key), g
+
+
+class Checkpoint:
+    """Model + optimizer (+ EMA) state in safetensors, the step in JSON. No pickle."""
+
+    def __init__(self, stage: str, seed: int) -> None:
+        self.dir = cache_dir() / "train" / f"{stage}_s{seed}"
+
+    def load(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
+             ema: torch.nn.Module | None = None) -> int:
+        meta_path = self.dir / "state.json"
+        if not meta_path.exists():
+            return 0
+        meta = json.loads(meta_path.read_text())
+        model.load_state_dict(load_file(self.dir / "model.safetensors"))
+        if ema is not None:
+            ema.load_state_dict(load_file(self.dir / "ema.safetensors"))
+        tensors = load_file(self.dir / "optimizer.safetensors")
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            idx, name = key.split("/")
+            state.setdefault(int(idx), {})[name] = value
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        return int(meta["step"])
+
+    def save(self, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
+             ema: torch.nn.Module | None = None) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        sd = opt.state_dict()
+        tensors = {f"{i}/{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+                   for i, s in sd["state"].items() for k, v in s.items()}
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, self.dir / "model.safetensors")
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, self.dir / "ema.safetensors")
+        save_file(tensors, self.dir / "optimizer.safetensors")
+        # Written last: a crash before this line resumes from the previous checkpoint.
+        (self.dir / "state.json").write_text(json.dumps({"step": step, "param_groups": sd["param_groups"]}))
+
+
+def _run(stage: str, seed: int, model: torch.nn.Module, step_fn: Callable[[int], torch.Tensor],
+         cfg: StageConfig, report: Reporter | None, ema: torch.nn.Module | None = None,
+         params=None) -> None:
+    """The shared loop: resume, step, clip gradients, checkpoint, report."""
+    opt = torch.optim.AdamW(params if params is not None else model.parameters(), lr=cfg.lr,
+                            weight_decay=0.01)
+    ckpt = Checkpoint(stage, seed)
+    start = ckpt.load(model, opt, ema)
+    for step in range(start, cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg, step)
+        loss = step_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - EMA_DECAY)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            ckpt.save(step + 1, model, opt, ema)
+        if report:
+            report(stage, step + 1, cfg.steps, float(loss))
+    if report and start >= cfg.steps:
+        report(stage, cfg.steps, cfg.steps, float("nan"))
+
+
+# ----------------------------------------------------------------------------------- stages
+
+def train_vae(images: np.ndarray, seed: int, cfg: StageConfig, report: Reporter | None = None):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**vae_config())
+
+    def step(i: int) -> torch.Tensor:
+        rng, g = _rng(seed, "vae", i)
+        x = to_tensor(images[rng.integers(0, len(images), cfg.batch)])
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+
+    _run("vae", seed, vae, step, cfg, report)
+    vae.eval()
+    with torch.no_grad():  # SD's convention: scaled latents have about unit variance
+        z = torch.cat([vae.encode(to_tensor(images[i:i + 512])).latent_dist.mean for i in range(0, min(4096, len(images)), 512)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return vae
+
+
+def _tokenize(tokenizer, texts: list[str], pad_to_max: bool) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length" if pad_to_max else "longest", truncation=True,
+                     max_length=77, return_tensors="pt").input_ids
+
+
+def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cfg: StageConfig,
+               report: Reporter | None = None):
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    clip = CLIPModel(clip_config())
+
+    def step(i: int) -> torch.Tensor:
+        rng, _ = _rng(seed, "clip", i)
+        idx = rng.integers(0, len(images), cfg.batch)
+        texts = [caption(scenes[j], rng) for j in idx]
+        out = clip(input_ids=_tokenize(tokenizer, texts, False), pixel_values=to_tensor(images[idx]),
+                   return_loss=True)
+        return out.loss
+
+    _run("clip", seed, clip, step, cfg, report)
+    return clip.eval()
+
+
+def _oracle_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
+    t = {h: torch.tensor([vals.index(getattr(s, h)) for s in scenes]) for h, vals in ATTRIBUTE_HEADS.items()}
+    t["marks"] = torch.tensor([[float(getattr(s, m)) for m in MARKS] for s in scenes])
+    return t
+
+
+def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random blur and noise, so the oracle also reads the softer images a diffusion model makes."""
+    n = x.shape[0]
+    sigma = torch.rand(n, generator=g) * 1.1
+    k = torch.arange(-2, 3, dtype=torch.float32)
+    w = torch.exp(-(k[None] ** 2) / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
+    w = w / w.sum(1, keepdim=True)  # one separable 5-tap kernel per image
+    xp = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    rows = sum(w[:, i, None, None, None] * xp[:, :, :, i:i + x.shape[3]] for i in range(5))
+    out = sum(w[:, i, None, None, None] * rows[:, :, i:i + x.shape[2], :] for i in range(5))
+    out = out + torch.randn(out.shape, generator=g) * torch.rand(n, 1, 1, 1, generator=g) * 0.06
+    return out.clamp(-1, 1)
+
+
+def train_oracle(images: np.ndarray, scenes: list[Scene], seed: int, cfg: StageConfig,
+                 report: Reporter | None = None) -> OracleNet:
+    torch.manual_seed(seed)
+    net = OracleNet()
+    targets = _oracle_targets(scenes)
+
+    def step(i: int) -> torch.Tensor:
+        rng, g = _rng(seed, "oracle", i)
+        idx = torch.from_numpy(rng.integers(0, len(images), cfg.batch))
+        x = _degrade(to_tensor(images[idx.numpy()]), g)
+        out = net(x)
+        loss = F.binary_cross_entropy_with_logits(out["marks"], targets["marks"][idx])
+        return loss + sum(F.cross_entropy(out[h], targets[h][idx]) for h in ATTRIBUTE_HEADS)
+
+    _run("oracle", seed, net, step, cfg, report)
+    return net.eval()
+
+
+@torch.no_grad()
+def _encode_latents(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = [], []
+    for i in range(0, len(images), 500):
+        post = vae.encode(to_tensor(images[i:i + 500])).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_unet(images: np.ndarray, scenes: list[Scene], vae, text_encoder, tokenizer, seed: int,
+               cfg: StageConfig, report: Reporter | None = None):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_config())
+    ema = UNet2DConditionModel(**unet_config())
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    noise_sched = DDPMScheduler(**{k: v for k, v in scheduler_config().items()
+                                   if k not in ("set_alpha_to_one",)})
+    text_encoder.eval().requires_grad_(False)
+    lat_mean, lat_std = _encode_latents(vae, images)
+    scale = vae.config.scaling_factor
+
+    def step(i: int) -> torch.Tensor:
+        rng, g = _rng(seed, "unet", i)
+        idx = rng.integers(0, len(images), cfg.batch)
+        texts = ["" if rng.random() < CAPTION_DROPOUT else caption(scenes[j], rng) for j in idx]
+        with torch.no_grad():  # SD conditions on all 77 positions of the last hidden state
+            cond = text_encoder(_tokenize(tokenizer, texts, True))[0]
+        t_idx = torch.from_numpy(idx)
+        z0 = (lat_mean[t_idx] + lat_std[t_idx] * torch.randn(lat_mean[t_idx].shape, generator=g)) * scale
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch,), generator=g)
+        zt = noise_sched.add_noise(z0, noise, t)
+        return F.mse_loss(unet(zt, t, encoder_hidden_states=cond).sample, noise)
+
+    _run("unet", seed, unet, step, cfg, report, ema=ema)
+    return ema.eval()
+
+
+# ------------------------------------------------------------------------------ orchestration
+
+def load_tokenizer(root: Path = WEIGHTS_DIR):
+    from transformers import CLIPTokenizer
+
+    tok_dir = root / "pipeline" / "tokenizer"
+    if not (tok_dir / "vocab.json").exists():
+        from conceptguard.miniworld.tokenizer import convert_bpe_vocab, find_open_clip_vocab
+
+        convert_bpe_vocab(find_open_clip_vocab(), tok_dir)
+    return CLIPTokenizer.from_pretrained(tok_dir)
+
+
+def train_world(seed: int = 0, only: str | None = None, report: Reporter | None = None,
+                root: Path = WEIGHTS_DIR, steps: dict[str, int] | None = None,
+                n_train: int = N_TRAIN, data_progress=None) -> dict[str, float]:
+    """Train the chosen stages (all by default) and export them into `root`.
+
+    Returns the wall time of each stage in seconds. `steps` overrides step counts (the smoke
+    test trains each model for a few steps).
+    """
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    stages = STAGES if only is None else (only,)
+    tokenizer = load_tokenizer(root)
+    export.write_pipeline_skeleton(root)
+    images, scenes = cached_render_set(n_train, seed, progress=data_progress)
+    times: dict[str, float] = {}
+    for stage in stages:
+        cfg = DEFAULTS[stage]
+        if steps and stage in steps:
+            cfg = StageConfig(**{**cfg.__dict__, "steps": steps[stage],
+                                 "warmup": min(cfg.warmup, steps[stage])})
+        t0 = time.time()
+        if stage == "vae":
+            export.export_diffusers_model(train_vae(images, seed, cfg, report), "vae", root)
+        elif stage == "clip":
+            export.export_clip(train_clip(images, scenes, tokenizer, seed, cfg, report), root)
+        elif stage == "oracle":
+            from conceptguard.miniworld.oracle import Oracle
+
+            Oracle(train_oracle(images, scenes, seed, cfg, report)).save_pretrained(root / "oracle")
+        else:
+            vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
+            text_encoder = CLIPTextModel.from_pretrained(root / "pipeline" / "text_encoder")
+            unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed, cfg, report)
+            export.export_diffusers_model(unet, "unet", root, half=True)
+        times[stage] = time.time() - t0
+        write_manifest(root)
+    return times

@@ -1,0 +1,84 @@
+"""Loading text-to-image pipelines and CLIP models by hub id or local path (mini world by default).
+
+Real checkpoints (`CompVis/stable-diffusion-v1-4`, `openai/clip-vit-large-patch14`, a local
+folder) go through exactly the same diffusers / transformers `from_pretrained` calls as the
+shipped mini world. Without network access a hub id that is not in the local cache raises
+ModelNotFoundError with a one-line hint.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from conceptguard.errors import CorruptWeightsError, InvalidInputError, ModelNotFoundError
+from conceptguard.miniworld.paths import clip_dir, is_shipped, pipeline_dir, verify
+
+MINIWORLD = "miniworld"
+
+
+def _resolve(model: str | Path | None, default: Path) -> tuple[str, bool]:
+    """-> (id or path to pass to from_pretrained, whether it is a local folder)."""
+    if model is None or str(model) == MINIWORLD:
+        return str(default), True
+    text = str(model)
+    if not text.strip():
+        raise InvalidInputError("empty model id or path")
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InvalidInputError(f"{path} is a file, not a model folder")
+        return str(path), True
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise InvalidInputError(f"model path not found: {text}")
+    return text, False
+
+
+def _load(loader, ident: str, local: bool, what: str, **kwargs):
+    if local and is_shipped(Path(ident)):
+        verify(Path(ident))
+    # The libraries log at INFO/WARNING about optional extras; keep the CLI's output clean.
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        return loader(ident, **kwargs)
+    except OSError as exc:
+        if local:
+            raise ModelNotFoundError(f"cannot load {what} from {ident}: {str(exc).splitlines()[0]}") from exc
+        raise ModelNotFoundError(
+            f"cannot load {what} {ident!r}: not a local folder and not in the Hugging Face cache "
+            "(offline? download it elsewhere and pass its folder)") from exc
+    except (ValueError, RuntimeError) as exc:  # safetensors / state-dict errors on damaged files
+        raise CorruptWeightsError(f"cannot load {what} from {ident}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_pipeline(model: str | Path | None = None, device: str = "cpu",
+                  dtype: torch.dtype = torch.float32):
+    """A diffusers text-to-image pipeline (the mini SD by default), safety checker off."""
+    from diffusers import DiffusionPipeline
+
+    ident, local = _resolve(model, pipeline_dir())
+    pipe = _load(DiffusionPipeline.from_pretrained, ident, local, "text-to-image pipeline",
+                 torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_clip(model: str | Path | None = None, device: str = "cpu"):
+    """(CLIPModel, CLIPProcessor) — the mini CLIP by default."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    ident, local = _resolve(model, clip_dir())
+    clip = _load(CLIPModel.from_pretrained, ident, local, "CLIP model", dtype=torch.float32)
+    processor = _load(CLIPProcessor.from_pretrained, ident, local, "CLIP processor")
+    return clip.eval().to(device), processor
+
+
+def load_oracle(path: str | Path | None = None):
+    from conceptguard.miniworld.oracle import Oracle
+
+    if path is not None and not Path(path).is_dir():
+        raise InvalidInputError(f"oracle folder not found: {path}")
+    return Oracle.from_pretrained(path)
