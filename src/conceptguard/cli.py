@@ -46,10 +46,23 @@ def _out_dir(path: Path) -> Path:
 
 # ------------------------------------------------------------------------------------ world
 
+def _concept_scene(name: str) -> dict:
+    """Scene attributes that make a concept visible (raises UnknownConceptError)."""
+    from conceptguard.concepts import get_concept
+    from conceptguard.miniworld.world import CONCEPT_BY_NAME
+
+    wc = CONCEPT_BY_NAME[get_concept(name).name]
+    fixed: dict = {"texture": "rings"} if wc.mark == "rings" else {wc.mark: True}
+    if wc.shape:
+        fixed["shape"] = wc.shape
+    return fixed
+
+
 @world_app.command("render")
 def world_render(out: Path = typer.Option(..., "--out", help="Folder for the PNGs, captions.json and contact_sheet.png."),
                  n: int = typer.Option(32, "--n", min=1, max=10000, help="How many scenes."),
-                 seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same renders).")) -> None:
+                 seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same renders)."),
+                 concept: Optional[str] = typer.Option(None, "--concept", help="Only scenes that show this concept (e.g. burning).")) -> None:
     """Render random scenes with captions and a contact sheet."""
     import numpy as np
     from PIL import Image
@@ -58,13 +71,14 @@ def world_render(out: Path = typer.Option(..., "--out", help="Folder for the PNG
     from conceptguard.miniworld.scene import sample_scene
     from conceptguard.miniworld.world import caption
 
+    fixed = _concept_scene(concept) if concept else {}
     out = _out_dir(out)
     images, records = [], []
     with _progress() as bar:
         task = bar.add_task("rendering", total=n, info="")
         for i in range(n):
             rng = np.random.default_rng([seed, i])
-            scene = sample_scene(rng, allow_heldout=True)
+            scene = sample_scene(rng, allow_heldout=True, **fixed)
             image = render(scene, rng)
             text = caption(scene, rng)
             Image.fromarray(image).save(out / f"{i:05d}.png")

@@ -126,7 +126,7 @@ def _run(stage: str, seed: int, model: torch.nn.Module, step_fn: Callable[[int],
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             ckpt.save(step + 1, model, opt, ema)
         if report:
-            report(stage, step + 1, cfg.steps, float(loss))
+            report(stage, step + 1, cfg.steps, float(loss.detach()))
     if report and start >= cfg.steps:
         report(stage, cfg.steps, cfg.steps, float("nan"))
 
@@ -274,7 +274,8 @@ def load_tokenizer(root: Path = WEIGHTS_DIR):
 
 def train_world(seed: int = 0, only: str | None = None, report: Reporter | None = None,
                 root: Path = WEIGHTS_DIR, steps: dict[str, int] | None = None,
-                n_train: int = N_TRAIN, data_progress=None) -> dict[str, float]:
+                n_train: int = N_TRAIN, data_progress=None,
+                checkpoint_every: int | None = None) -> dict[str, float]:
     """Train the chosen stages (all by default) and export them into `root`.
 
     Returns the wall time of each stage in seconds. `steps` overrides step counts (the smoke
@@ -293,6 +294,8 @@ def train_world(seed: int = 0, only: str | None = None, report: Reporter | None 
         if steps and stage in steps:
             cfg = StageConfig(**{**cfg.__dict__, "steps": steps[stage],
                                  "warmup": min(cfg.warmup, steps[stage])})
+        if checkpoint_every:
+            cfg = StageConfig(**{**cfg.__dict__, "checkpoint_every": checkpoint_every})
         t0 = time.time()
         if stage == "vae":
             export.export_diffusers_model(train_vae(images, seed, cfg, report), "vae", root)

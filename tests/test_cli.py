@@ -1,0 +1,92 @@
+"""The CLI as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from conceptguard.miniworld.paths import WEIGHTS_DIR
+from conftest import run_cli
+
+
+def assert_one_line_error(result, fragment: str):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert fragment in lines[0]
+
+
+def test_help_lists_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("generate", "world"):
+        assert command in result.stdout
+    world = run_cli("world", "--help")
+    for command in ("render", "train", "check", "info", "judge"):
+        assert command in world.stdout
+
+
+def test_world_info_json_contract():
+    info = json.loads(run_cli("world", "info", "--json").stdout)
+    assert {"pipeline", "clip", "concepts", "gates"} <= set(info)
+    names = [c["name"] for c in info["concepts"]]
+    assert names == ["burning", "shattered", "glimmer", "zorbo", "velmora"]
+    for c in info["concepts"]:
+        assert {"name", "group", "unacceptable", "acceptable", "train_phrasings", "heldout_phrasings"} <= set(c)
+
+
+def test_render_then_judge(tmp_path):
+    result = run_cli("world", "render", "--out", str(tmp_path), "--n", "6", "--seed", "2", "--concept", "burning")
+    assert result.returncode == 0, result.stderr
+    records = json.loads((tmp_path / "captions.json").read_text())
+    assert len(records) == 6 and (tmp_path / "contact_sheet.png").exists()
+    assert all(r["labels"]["flames"] for r in records)
+    judged = json.loads(run_cli("world", "judge", *[str(tmp_path / r["file"]) for r in records], "--json").stdout)
+    assert [j["shape"] for j in judged] == [r["labels"]["shape"] for r in records]
+    assert all(j["concepts"]["burning"] > 0.5 for j in judged)
+
+
+def test_generate_writes_pngs(tmp_path):
+    result = run_cli("generate", "a burning blue heart", "--n", "2", "--steps", "5", "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    files = json.loads(result.stdout)["files"]
+    assert len(files) == 2 and all(Image.open(f).size == (32, 32) for f in files)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("generate", "", "--out", "OUT"), "empty prompt"),
+    (("generate", "a cat", "--out", "OUT", "--model", "some-org/not-downloaded"), "not in the Hugging Face cache"),
+    (("generate", "a cat", "--out", "OUT", "--model", "./no/such/folder"), "not found"),
+    (("world", "render", "--out", "OUT", "--concept", "nudity"), "unknown concept"),
+    (("world", "judge", "missing.png"), "image not found"),
+    (("world", "train", "--only", "everything"), "--only must be one of"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    assert_one_line_error(run_cli(*args, cwd=tmp_path), fragment)
+
+
+def test_bad_image_file_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"this is not a png")
+    assert_one_line_error(run_cli("world", "judge", str(bad)), "cannot read image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    assert_one_line_error(run_cli("world", "judge", str(empty)), "cannot read image")
+
+
+def test_corrupted_weights_are_one_line_and_exit_2(tmp_path):
+    root = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, root, symlinks=True)
+    unet = root / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+    unet.write_bytes(unet.read_bytes()[:4096])
+    result = run_cli("generate", "a cat", "--out", str(tmp_path / "o"), "--model", str(root / "pipeline"))
+    assert_one_line_error(result, "cannot load")
+
+
+def test_long_prompt_warns_but_generates(tmp_path):
+    result = run_cli("generate", "a red circle " * 40, "--n", "1", "--steps", "2", "--out", str(tmp_path))
+    assert result.returncode == 0
+    assert "warning" in result.stderr and "tokens" in result.stderr
