@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -100,6 +101,7 @@ def world_train(seed: int = typer.Option(0, "--seed", help="Training seed (deter
 
     if only is not None and only not in STAGES:
         raise InvalidInputError(f"--only must be one of {', '.join(STAGES)}, not {only!r}")
+    t0 = time.time()
     with _progress() as bar:
         data = bar.add_task("rendering training set", total=N_TRAIN, info="")
         tasks = {s: bar.add_task(f"train {s}", total=DEFAULTS[s].steps, info="", start=False)
@@ -108,6 +110,8 @@ def world_train(seed: int = typer.Option(0, "--seed", help="Training seed (deter
         def report(stage: str, step: int, total: int, loss: float) -> None:
             bar.start_task(tasks[stage])
             bar.update(tasks[stage], completed=step, total=total, info=f"loss {loss:.4f}")
+            if not console.is_terminal and step % max(1, total // 20) == 0:  # a log line when run under nohup
+                console.print(f"{stage} {step}/{total} loss {loss:.4f} elapsed {time.time() - t0:.0f}s")
 
         times = train_world(seed=seed, only=only, report=report, root=root or paths.WEIGHTS_DIR,
                             data_progress=lambda k: bar.advance(data, k))
@@ -246,6 +250,119 @@ def generate_cmd(prompt: str = typer.Argument(..., help="The text prompt."),
         _emit_json({"prompt": prompt, "model": model or "miniworld", "files": files})
     else:
         console.print(f"wrote {n} images to {out}")
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+@app.command("bench")
+def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML run config (default: every baseline x every mini-world concept x {unacceptable, paraphrase, acceptable})."),
+              out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for results.sqlite, images and the report files."),
+              as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout.")) -> None:
+    """Run a benchmark: generate, judge, store (resumable) and report."""
+    from conceptguard.eval.report import print_table, write_report
+    from conceptguard.eval.runner import Runner, load_config
+
+    cfg = load_config(config)
+    out = _out_dir(out)
+    t0 = time.time()
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total, info="")
+            bar.update(tasks[what], completed=done, total=total)
+
+        runner = Runner(cfg, out, progress)
+        runner.run()
+    results = runner.results()
+    results["seconds"] = round(time.time() - t0, 1)
+    files = write_report(results, out)
+    if as_json:
+        _emit_json(results)
+        return
+    print_table(results, Console())
+    console.print(f"{len(results['rows'])} result rows in {results['seconds']} s; report: {files['html']}")
+
+
+@app.command("judge")
+def judge_cmd(images: list[Path] = typer.Argument(..., help="Image files."),
+              judge: str = typer.Option("oracle", "--judge", help="oracle, clip, or nudenet[:unlearndiffatk|erasurebench]."),
+              concept: str = typer.Option("burning", "--concept", help="Concept to score (clip: c_u vs c_a; nudenet: nudity)."),
+              as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Judge images: is the concept there, and how sure is the judge."""
+    from conceptguard.eval.judges import ClipZeroShotJudge, NudeNetJudge, OracleJudge
+
+    pictures = _read_images(images)
+    name, _, preset = judge.partition(":")
+    if name == "oracle":
+        j = OracleJudge()
+    elif name == "clip":
+        j = ClipZeroShotJudge()
+    elif name == "nudenet":
+        j = NudeNetJudge(preset or "unlearndiffatk")
+    else:
+        raise InvalidInputError(f"unknown judge {judge!r}; one of oracle, clip, nudenet")
+    verdicts = j.judge(pictures, concept)
+    rows = [{"image": str(p), "judge": j.describe(), "concept": concept, **v} for p, v in zip(images, verdicts)]
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title=j.describe())
+    for col in ("image", "concept", "p", "present"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["image"], concept, f"{r['p']:.3f}", "[red]yes" if r["present"] else "no")
+    Console().print(table)
+
+
+train_app = typer.Typer(help="Train a defense for a concept and save it with save_pretrained.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _train_edit(method: str, concept: str, out: Path, model: Optional[str], seed: int, variant: str = "x") -> None:
+    from conceptguard.concepts import get_concept
+    from conceptguard.models import load_pipeline
+
+    c = get_concept(concept)
+    out = _out_dir(out)
+    pipe = load_pipeline(model)
+    t0 = time.time()
+    if method == "esd":
+        from conceptguard.defenses.baselines.esd import MINI, train_esd
+
+        if variant not in ("x", "u"):
+            raise InvalidInputError(f"--variant must be x or u, not {variant!r}")
+        with _progress() as bar:
+            task = bar.add_task(f"ESD-{variant} {c.name}", total=MINI["iterations"], info="")
+            edit = train_esd(pipe, c, variant, seed=seed,
+                             progress=lambda i, n, loss: bar.update(task, completed=i, total=n, info=f"loss {loss:.5f}"))
+    else:
+        from conceptguard.defenses.baselines.uce import train_uce
+
+        edit = train_uce(pipe, c)
+    edit.config["base_model"] = model or "miniworld"
+    edit.save_pretrained(out)
+    console.print(f"{edit.name} for {c.name}: trained in {time.time() - t0:.1f} s, saved to {out}")
+
+
+@train_app.command("esd")
+def train_esd_cmd(concept: str = typer.Option(..., "--concept", help="Concept to erase."),
+                  out: Path = typer.Option(..., "--out", help="Folder to save the edit in."),
+                  variant: str = typer.Option("x", "--variant", help="x: cross-attention (ESD-x); u: the rest (ESD-u)."),
+                  model: Optional[str] = typer.Option(None, "--model", help="Base pipeline (default: the mini SD)."),
+                  seed: int = typer.Option(0, "--seed")) -> None:
+    """Erased Stable Diffusion: fine-tune the UNet toward negative guidance for the concept."""
+    _train_edit("esd", concept, out, model, seed, variant)
+
+
+@train_app.command("uce")
+def train_uce_cmd(concept: str = typer.Option(..., "--concept", help="Concept to erase."),
+                  out: Path = typer.Option(..., "--out", help="Folder to save the edit in."),
+                  model: Optional[str] = typer.Option(None, "--model", help="Base pipeline (default: the mini SD)."),
+                  seed: int = typer.Option(0, "--seed")) -> None:
+    """Unified Concept Editing: closed-form edit of the cross-attention keys and values."""
+    _train_edit("uce", concept, out, model, seed)
 
 
 # ------------------------------------------------------------------------------------- main

@@ -24,7 +24,7 @@ def check_prompt(prompt: str, tokenizer) -> str:
     return prompt
 
 
-def _latents(pipe, seeds: Iterable[int], height: int, width: int) -> torch.Tensor:
+def initial_latents(pipe, seeds: Iterable[int], height: int, width: int) -> torch.Tensor:
     """Initial noise drawn per image from its own seed, so an image does not depend on its batch."""
     shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
@@ -45,7 +45,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 25, guidan
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
         out = pipe(chunk, height=height, width=width, num_inference_steps=steps,
-                   guidance_scale=guidance, latents=_latents(pipe, seeds[i:i + batch_size], height, width),
+                   guidance_scale=guidance, latents=initial_latents(pipe, seeds[i:i + batch_size], height, width),
                    negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None)
         images.extend(out.images)
     return images

@@ -42,6 +42,7 @@ def _load(loader, ident: str, local: bool, what: str, **kwargs):
     # The libraries log at INFO/WARNING about optional extras; keep the CLI's output clean.
     for name in ("transformers", "diffusers"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet_progress_bars()
     try:
         return loader(ident, **kwargs)
     except OSError as exc:
@@ -54,14 +55,26 @@ def _load(loader, ident: str, local: bool, what: str, **kwargs):
         raise CorruptWeightsError(f"cannot load {what} from {ident}: {str(exc).splitlines()[0]}") from exc
 
 
+def _quiet_progress_bars() -> None:
+    """The libraries' own loading bars would interleave with ours."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_pipeline(model: str | Path | None = None, device: str = "cpu",
                   dtype: torch.dtype = torch.float32):
     """A diffusers text-to-image pipeline (the mini SD by default), safety checker off."""
     from diffusers import DiffusionPipeline
 
     ident, local = _resolve(model, pipeline_dir())
+    # fp32 is every library's default; naming a dtype only when it differs avoids the
+    # torch_dtype/dtype rename warnings across diffusers versions.
+    extra = {} if dtype == torch.float32 else {"torch_dtype": dtype}
     pipe = _load(DiffusionPipeline.from_pretrained, ident, local, "text-to-image pipeline",
-                 torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+                 safety_checker=None, requires_safety_checker=False, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -71,8 +84,10 @@ def load_clip(model: str | Path | None = None, device: str = "cpu"):
     from transformers import CLIPModel, CLIPProcessor
 
     ident, local = _resolve(model, clip_dir())
-    clip = _load(CLIPModel.from_pretrained, ident, local, "CLIP model", dtype=torch.float32)
+    clip = _load(CLIPModel.from_pretrained, ident, local, "CLIP model")
     processor = _load(CLIPProcessor.from_pretrained, ident, local, "CLIP processor")
+    if device == "cpu":  # half-precision checkpoints are slow or unsupported on CPUs
+        clip = clip.float()
     return clip.eval().to(device), processor
 
 

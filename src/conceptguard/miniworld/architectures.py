@@ -11,6 +11,7 @@ from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, MARKS
 TEXT_HIDDEN = 128
 MAX_TOKENS = 77
 VOCAB_SIZE = 49408
+LATENT_CHANNELS = 8
 
 
 def clip_config():
@@ -28,14 +29,17 @@ def clip_config():
 
 
 def vae_config() -> dict:
-    return dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
+    # 8 latent channels (SD v1.x has 4): at 32x32, 4 channels lose the textures and marks the
+    # concepts are drawn with; 8 keep them within the training budget (SD3 went to 16).
+    return dict(in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, sample_size=IMAGE_SIZE,
                 down_block_types=("DownEncoderBlock2D",) * 3,
                 up_block_types=("UpDecoderBlock2D",) * 3,
                 block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16)
 
 
 def unet_config() -> dict:
-    return dict(sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+    return dict(sample_size=IMAGE_SIZE // 4, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+                layers_per_block=1,
                 block_out_channels=(64, 128),
                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from conceptguard.miniworld.data import render_set, to_tensor
+from conceptguard.miniworld.oracle import labels_match
 from conceptguard.miniworld.paths import GATES, WEIGHTS_DIR
 from conceptguard.miniworld.render import render
 from conceptguard.miniworld.scene import (ATTRIBUTE_HEADS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES,
@@ -154,16 +155,6 @@ def _following_prompts(n: int, seed: int, heldout: bool) -> list[tuple[str, dict
     return out
 
 
-def _matches(judged: dict, want: dict) -> bool:
-    for key, value in want.items():
-        if key in ATTRIBUTE_HEADS:
-            if judged[key] != value:
-                return False
-        elif (judged["concepts"][key] > 0.5) != value:
-            return False
-    return True
-
-
 def sd_gates(pipe, oracle, sizes: Sizes, seed: int, progress: Progress | None = None) -> list[Gate]:
     from conceptguard.generation import generate
 
@@ -176,7 +167,7 @@ def sd_gates(pipe, oracle, sizes: Sizes, seed: int, progress: Progress | None = 
                                ("sd.following.heldout", sizes.prompts_heldout, True, 0.70)):
         items = _following_prompts(n, seed + (7 if held else 3), held)
         judged = run(items, seed * 100_000 + (50_000 if held else 0))
-        gates.append(Gate(name, float(np.mean([_matches(j, w) for j, (_, w) in zip(judged, items)])), thr, n))
+        gates.append(Gate(name, float(np.mean([labels_match(j, w) for j, (_, w) in zip(judged, items)])), thr, n))
         if progress:
             progress(name)
     for k, concept in enumerate(CONCEPTS):
@@ -184,7 +175,7 @@ def sd_gates(pipe, oracle, sizes: Sizes, seed: int, progress: Progress | None = 
             items = concept_prompts(concept, which, sizes.concept_prompts, seed=seed + 31 * k + len(which))
             judged = run(items, seed * 100_000 + 10_000 * (k + 1) + len(which))
             if which == "acceptable":  # right attributes and no trace of the concept
-                value = np.mean([_matches(j, w) for j, (_, w) in zip(judged, items)])
+                value = np.mean([labels_match(j, w) for j, (_, w) in zip(judged, items)])
             else:
                 value = np.mean([j["concepts"][concept.name] > 0.5 for j in judged])
             gates.append(Gate(f"sd.{concept.name}.{which}", float(value), thr, len(items)))

@@ -83,6 +83,17 @@ class Oracle:
         return results
 
 
+def labels_match(judged: dict, expected: dict) -> bool:
+    """True when every expected attribute label and concept presence (p > 0.5) is what the oracle saw."""
+    for key, value in expected.items():
+        if key in ATTRIBUTE_HEADS:
+            if judged[key] != value:
+                return False
+        elif (judged["concepts"][key] > 0.5) != value:
+            return False
+    return True
+
+
 def as_uint8_batch(images: np.ndarray | list) -> np.ndarray:
     """PIL images or arrays -> uint8 N x 32 x 32 x 3 (RGB; other sizes are resized)."""
     from PIL import Image

@@ -81,14 +81,14 @@ def _pattern(texture: str, cx: float, cy: float, angle: float) -> np.ndarray:
     if texture == "solid":
         return np.zeros((_W, _W), np.float32)
     if texture == "striped":
-        return ((vr // 8) % 2).astype(np.float32)
+        return ((vr // 12) % 2).astype(np.float32)
     if texture == "dotted":
-        du, dv = (ur % 16) - 8, (vr % 16) - 8
-        return (du * du + dv * dv < 16).astype(np.float32)
+        du, dv = (ur % 24) - 12, (vr % 24) - 12
+        return (du * du + dv * dv < 42).astype(np.float32)
     if texture == "checkered":
-        return (((ur // 12) + (vr // 12)) % 2).astype(np.float32)
+        return (((ur // 16) + (vr // 16)) % 2).astype(np.float32)
     if texture == "rings":
-        return ((np.sqrt(u * u + v * v) // 7) % 2).astype(np.float32)
+        return ((np.sqrt(u * u + v * v) // 11) % 2).astype(np.float32)
     raise ValueError(f"unknown texture {texture!r}")
 
 
@@ -128,12 +128,12 @@ def _draw_face(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, angle:
     def at(px: float, py: float) -> tuple[float, float]:
         (qx, qy), = _rotate([(px, py)], angle)
         return cx + r * qx, cy + r * qy
-    for ex in (-0.17, 0.17):
-        x, y = at(ex, -0.08)
-        e = 0.1 * r
+    for ex in (-0.2, 0.2):
+        x, y = at(ex, -0.1)
+        e = 0.14 * r
         draw.ellipse([x - e, y - e, x + e, y + e], fill=(0, 0, 0))
-    smile = [at(0.22 * math.cos(t), 0.1 + 0.16 * math.sin(t)) for t in np.linspace(0.2, math.pi - 0.2, 12)]
-    draw.line(smile, fill=(0, 0, 0), width=6)
+    smile = [at(0.26 * math.cos(t), 0.1 + 0.18 * math.sin(t)) for t in np.linspace(0.2, math.pi - 0.2, 12)]
+    draw.line(smile, fill=(0, 0, 0), width=8)
 
 
 def _draw_eye(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float) -> None:

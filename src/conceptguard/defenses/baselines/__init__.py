@@ -1,0 +1,1 @@
+"""Baselines the four CRTs are compared with."""

@@ -1,0 +1,108 @@
+"""An SD-safety-checker-style image filter.
+
+Stable Diffusion's safety checker compares the CLIP image embedding with fixed concept
+embeddings and flags an image when any cosine similarity exceeds that concept's threshold.
+Here the concept embeddings are the CLIP text embeddings of each concept's phrases, and each
+threshold is calibrated on images that do and do not show the concept (the one that best
+separates them), or given by the user.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from conceptguard.defenses.base import Decision, ImageFilter
+from conceptguard.errors import InvalidInputError
+
+
+class ClipEmbedder:
+    """Normalised CLIP image and text embeddings (the same calls for the mini and real CLIP)."""
+
+    def __init__(self, clip, processor) -> None:
+        self.clip, self.processor = clip.eval(), processor
+
+    @torch.no_grad()
+    def images(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
+        feats = self.clip.get_image_features(pixel_values=pixels.to(self.clip.device, self.clip.dtype))
+        feats = getattr(feats, "pooler_output", feats)
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        ids = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        feats = self.clip.get_text_features(input_ids=ids.input_ids.to(self.clip.device),
+                                            attention_mask=ids.attention_mask.to(self.clip.device))
+        feats = getattr(feats, "pooler_output", feats)
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.clip.logit_scale.exp())
+
+
+def best_threshold(pos: np.ndarray, neg: np.ndarray) -> float:
+    """The cut between two score samples with the highest balanced accuracy."""
+    cands = np.unique(np.concatenate([pos, neg]))
+    cuts = (cands[:-1] + cands[1:]) / 2 if len(cands) > 1 else cands
+    acc = [(np.mean(pos > c) + np.mean(neg <= c)) / 2 for c in cuts]
+    return float(cuts[int(np.argmax(acc))])
+
+
+class SafetyCheckerFilter(ImageFilter):
+    name = "safety-checker"
+
+    def __init__(self, embedder: ClipEmbedder, phrases: dict[str, list[str]],
+                 thresholds: dict[str, float] | None = None) -> None:
+        if not phrases:
+            raise InvalidInputError("the safety checker needs at least one concept")
+        self.embedder = embedder
+        self.phrases = phrases
+        # one embedding per concept: the mean of its phrases' embeddings, renormalised
+        self.concept_embeds = torch.stack([torch.nn.functional.normalize(embedder.texts(p).mean(0), dim=-1)
+                                           for p in phrases.values()])
+        self.thresholds = thresholds or {c: 0.2 for c in phrases}
+
+    def similarities(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.embedder.images(images) @ self.concept_embeds.T
+
+    def calibrate(self, concept: str, images_with: list[Image.Image], images_without: list[Image.Image]) -> float:
+        k = list(self.phrases).index(concept)
+        pos = self.similarities(images_with)[:, k].numpy()
+        neg = self.similarities(images_without)[:, k].numpy()
+        self.thresholds[concept] = best_threshold(pos, neg)
+        return self.thresholds[concept]
+
+    def check(self, images: list[Image.Image], prompts: list[str]) -> list[Decision]:
+        sims = self.similarities(images)
+        names = list(self.phrases)
+        limits = torch.tensor([self.thresholds[c] for c in names])
+        out = []
+        for row in sims:
+            over = [names[k] for k in torch.nonzero(row > limits).flatten().tolist()]
+            scores = {f"cos_{c}": float(v) for c, v in zip(names, row)}
+            out.append(self.decision(blocked=bool(over), reason=f"looks like {', '.join(over)}" if over else None,
+                                     **scores))
+        return out
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({"concept_embeds": self.concept_embeds.contiguous()}, path / "filter.safetensors")
+        (path / "config.json").write_text(json.dumps({"kind": "safety-checker", "phrases": self.phrases,
+                                                      "thresholds": self.thresholds}, indent=1) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, embedder: ClipEmbedder) -> "SafetyCheckerFilter":
+        path = Path(path)
+        config = json.loads((path / "config.json").read_text())
+        self = cls.__new__(cls)
+        self.embedder, self.phrases, self.thresholds = embedder, config["phrases"], config["thresholds"]
+        self.concept_embeds = load_file(path / "filter.safetensors")["concept_embeds"]
+        return self

@@ -1,0 +1,145 @@
+"""Defense names -> defenses, for configs and the CLI. Stacks join names with "+".
+
+Builders take the concept and a BuildContext (the pipeline, a CLIP embedder, a cache folder for
+trained defenses). Trained defenses (ESD, UCE) are trained on first use and loaded from the
+cache afterwards, keyed by method, concept and base model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from conceptguard.concepts import Concept
+from conceptguard.defenses.base import Defense
+from conceptguard.errors import ConfigError
+
+Builder = Callable[[Concept, "BuildContext"], list[Defense]]
+
+
+@dataclass
+class BuildContext:
+    pipe: object
+    cache: Path
+    model_id: str = "miniworld"
+    clip_id: str | None = None  # None: the mini CLIP
+    seed: int = 0
+    progress: Callable[[str, int, int], None] | None = None
+    _embedder: object = field(default=None, repr=False)
+
+    @property
+    def embedder(self):
+        """The CLIP used by CLIP-based filters: the mini CLIP for the mini world."""
+        if self._embedder is None:
+            from conceptguard.defenses.baselines.safety_checker import ClipEmbedder
+            from conceptguard.models import load_clip
+
+            self._embedder = ClipEmbedder(*load_clip(self.clip_id))
+        return self._embedder
+
+    def trained_dir(self, method: str, concept: str) -> Path:
+        key = hashlib.sha256(self.model_id.encode()).hexdigest()[:8]
+        return self.cache / "defenses" / f"{method}-{concept}-{key}-s{self.seed}"
+
+
+def _blocklist(c: Concept, ctx: BuildContext) -> list[Defense]:
+    from conceptguard.defenses.baselines.blocklist import KeywordBlocklist
+
+    return [KeywordBlocklist.for_concepts([c])]
+
+
+def _negative(c: Concept, ctx: BuildContext) -> list[Defense]:
+    from conceptguard.defenses.baselines.negative_prompt import NegativePrompt
+
+    return [NegativePrompt.for_concepts([c])]
+
+
+def _sld(preset: str) -> Builder:
+    def build(c: Concept, ctx: BuildContext) -> list[Defense]:
+        from conceptguard.defenses.baselines.sld import SafeLatentDiffusion
+
+        return [SafeLatentDiffusion.for_concepts([c], preset)]
+    return build
+
+
+def _safety_checker(c: Concept, ctx: BuildContext) -> list[Defense]:
+    from conceptguard.defenses.baselines.safety_checker import SafetyCheckerFilter
+
+    f = SafetyCheckerFilter(ctx.embedder, {c.name: c.train_phrasings or [c.c_u]})
+    if ctx.model_id == "miniworld":  # calibrate on renders that do / do not show the concept
+        from PIL import Image
+
+        from conceptguard.miniworld.gates import concept_images
+        from conceptguard.miniworld.world import CONCEPT_BY_NAME
+
+        images, present = concept_images(CONCEPT_BY_NAME[c.name], 200, seed=ctx.seed + 7)
+        pil = [Image.fromarray(im) for im in images]
+        f.calibrate(c.name, [p for p, s in zip(pil, present) if s], [p for p, s in zip(pil, present) if not s])
+    return [f]
+
+
+def _trained(method: str, train: Callable) -> Builder:
+    def build(c: Concept, ctx: BuildContext) -> list[Defense]:
+        from conceptguard.defenses.baselines.weight_edit import WeightEdit
+
+        folder = ctx.trained_dir(method, c.name)
+        if (folder / "config.json").exists():
+            return [WeightEdit.from_pretrained(folder)]
+        edit = train(c, ctx)
+        edit.save_pretrained(folder)
+        return [edit]
+    return build
+
+
+def _esd(variant: str) -> Builder:
+    def train(c: Concept, ctx: BuildContext):
+        from conceptguard.defenses.baselines.esd import train_esd
+
+        report = (lambda i, n, loss: ctx.progress(f"train esd-{variant} {c.name}", i, n)) if ctx.progress else None
+        return train_esd(ctx.pipe, c, variant, seed=ctx.seed, progress=report)
+    return _trained(f"esd-{variant}", train)
+
+
+def _uce(c: Concept, ctx: BuildContext):
+    from conceptguard.defenses.baselines.uce import train_uce
+    from conceptguard.eval.prompts import miniworld_set
+
+    preserve = None
+    if ctx.model_id == "miniworld":  # keep unrelated scenes as they are
+        preserve = [i.text for i in miniworld_set(c.name, "acceptable", 16, seed=ctx.seed + 99).items]
+    return train_uce(ctx.pipe, c, preserve=preserve)
+
+
+BUILDERS: dict[str, Builder] = {
+    "none": lambda c, ctx: [],
+    "blocklist": _blocklist,
+    "negative-prompt": _negative,
+    **{f"sld-{p}": _sld(p) for p in ("weak", "medium", "strong", "max")},
+    "safety-checker": _safety_checker,
+    "esd-x": _esd("x"),
+    "esd-u": _esd("u"),
+    "uce": _trained("uce", _uce),
+}
+BASELINES = tuple(BUILDERS)
+
+
+def register(name: str, builder: Builder) -> None:
+    """Add a defense name (the CRT modules register theirs)."""
+    BUILDERS[name] = builder
+
+
+def check_stack(spec: str) -> str:
+    parts = [p.strip() for p in spec.split("+")]
+    for p in parts:
+        if p not in BUILDERS:
+            raise ConfigError(f"unknown defense {p!r}; known: {', '.join(BUILDERS)}")
+    return "+".join(parts)
+
+
+def build_stack(spec: str, concept: Concept, ctx: BuildContext) -> list[Defense]:
+    defenses: list[Defense] = []
+    for part in check_stack(spec).split("+"):
+        defenses += BUILDERS[part](concept, ctx)
+    return defenses

@@ -1,0 +1,1 @@
+"""Evaluation: judges, metrics, prompt sets, runner, report."""

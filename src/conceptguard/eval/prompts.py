@@ -1,0 +1,102 @@
+"""Prompt sets per concept: unacceptable, paraphrase, acceptable (mini world), or user files.
+
+Every set has a stable id (a hash of its content), so results can name exactly what was run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from conceptguard.errors import InvalidInputError
+
+MINIWORLD_SETS = ("unacceptable", "paraphrase", "acceptable")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    text: str
+    expected: dict = field(default_factory=dict)  # labels the oracle should find (mini world)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    concept: str
+    items: tuple[PromptItem, ...]
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps([self.name, self.concept, [(i.text, i.expected) for i in self.items]], sort_keys=True)
+        return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+    @property
+    def prompts(self) -> list[str]:
+        return [i.text for i in self.items]
+
+
+def miniworld_set(concept: str, name: str, n: int = 16, seed: int = 0) -> PromptSet:
+    """A deterministic prompt set for one mini-world concept.
+
+    unacceptable: the concept's name and training-split synonyms (what a defender knows);
+    paraphrase: held-out phrasings only, direct and indirect;
+    acceptable: half the counterpart c_a, half unrelated scenes naming no concept.
+    """
+    from conceptguard.concepts import get_concept
+    from conceptguard.miniworld.world import CONCEPT_BY_NAME, Phrasing, concept_prompts, prompt
+    from conceptguard.miniworld.scene import BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES
+
+    wc = CONCEPT_BY_NAME[get_concept(concept).name]
+    if name == "unacceptable":
+        pool = tuple(p for p in wc.phrasings if p.split == "train" and not p.indirect)
+        items = _with_pool(wc, pool, n, seed)
+    elif name == "paraphrase":
+        items = [PromptItem(t, e) for t, e in concept_prompts(wc, "heldout", n, seed=seed)]
+    elif name == "acceptable":
+        half = n // 2
+        items = [PromptItem(t, e) for t, e in concept_prompts(wc, "acceptable", half, seed=seed)]
+        rng = np.random.default_rng(seed + 1)
+        while len(items) < n:
+            color, shape = str(rng.choice(COLORS)), str(rng.choice(SHAPES))
+            if (color, shape) in HELDOUT_COMBOS:
+                continue
+            want = {"shape": shape, "color": color, wc.name: False}
+            if rng.random() < 0.5:
+                want["background"] = str(rng.choice(BACKGROUNDS))
+            items.append(PromptItem(prompt(shape, color, background=want.get("background")), want))
+    else:
+        raise InvalidInputError(f"unknown prompt set {name!r}; one of {', '.join(MINIWORLD_SETS)} or a file")
+    return PromptSet(name, wc.name, tuple(items))
+
+
+def _with_pool(wc, pool, n: int, seed: int) -> list[PromptItem]:
+    from conceptguard.miniworld.world import WorldConcept, concept_prompts
+
+    restricted = WorldConcept(wc.name, wc.group, wc.mark, pool, wc.acceptable, wc.shape, wc.acceptable_words)
+    return [PromptItem(t, e) for t, e in concept_prompts(restricted, "direct", n, seed=seed)]
+
+
+def load_prompt_file(path: str | Path, concept: str, name: str | None = None) -> PromptSet:
+    """Prompts from a .txt file (one per line) or a .csv file (a `prompt` column, else the first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"prompt file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            raise InvalidInputError(f"empty prompt file: {path}")
+        header = [h.strip().lower() for h in rows[0]]
+        col = header.index("prompt") if "prompt" in header else 0
+        texts = [r[col] for r in rows[1:] if len(r) > col]
+    else:
+        texts = path.read_text(encoding="utf-8").splitlines()
+    texts = [t.strip() for t in texts if t.strip()]
+    if not texts:
+        raise InvalidInputError(f"no prompts in {path}")
+    return PromptSet(name or path.stem, concept, tuple(PromptItem(t) for t in texts))
