@@ -90,3 +90,16 @@ def test_long_prompt_warns_but_generates(tmp_path):
     result = run_cli("generate", "a red circle " * 40, "--n", "1", "--steps", "2", "--out", str(tmp_path))
     assert result.returncode == 0
     assert "warning" in result.stderr and "tokens" in result.stderr
+
+
+def test_judge_command_with_each_judge(tmp_path):
+    run_cli("world", "render", "--out", str(tmp_path), "--n", "2", "--concept", "shattered")
+    files = [str(tmp_path / "00000.png"), str(tmp_path / "00001.png")]
+    oracle = json.loads(run_cli("judge", *files, "--judge", "oracle", "--concept", "shattered", "--json").stdout)
+    assert all(r["present"] for r in oracle) and oracle[0]["judge"].startswith("oracle")
+    clip = json.loads(run_cli("judge", *files, "--judge", "clip", "--concept", "shattered", "--json").stdout)
+    assert all(0.0 <= r["p"] <= 1.0 for r in clip)
+    nude = json.loads(run_cli("judge", *files, "--judge", "nudenet:erasurebench", "--json").stdout)
+    assert nude[0]["judge"] == "nudenet (erasurebench: 6 classes @ 0.5)" and not any(r["present"] for r in nude)
+    assert_one_line_error(run_cli("judge", *files, "--judge", "vibes"), "unknown judge")
+    assert_one_line_error(run_cli("judge", *files, "--judge", "nudenet:strict"), "unknown NudeNet preset")

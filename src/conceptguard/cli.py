@@ -108,14 +108,15 @@ def world_train(seed: int = typer.Option(0, "--seed", help="Training seed (deter
                  for s in (STAGES if only is None else (only,))}
 
         def report(stage: str, step: int, total: int, loss: float) -> None:
+            if stage not in tasks:  # a second phase of a stage (clip_align)
+                tasks[stage] = bar.add_task(f"train {stage}", total=total, info="")
             bar.start_task(tasks[stage])
             bar.update(tasks[stage], completed=step, total=total, info=f"loss {loss:.4f}")
             if not console.is_terminal and step % max(1, total // 20) == 0:  # a log line when run under nohup
                 console.print(f"{stage} {step}/{total} loss {loss:.4f} elapsed {time.time() - t0:.0f}s")
 
         times = train_world(seed=seed, only=only, report=report, root=root or paths.WEIGHTS_DIR,
-                            data_progress=lambda k: bar.advance(data, k))
-        bar.update(data, completed=N_TRAIN)
+                            data_progress=lambda k: bar.update(data, advance=k) if k else bar.update(data, completed=N_TRAIN))
     for stage, seconds in times.items():
         console.print(f"{stage}: {seconds / 60:.1f} min")
 

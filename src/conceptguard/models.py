@@ -91,6 +91,37 @@ def load_clip(model: str | Path | None = None, device: str = "cpu"):
     return clip.eval().to(device), processor
 
 
+class ClipEmbedder:
+    """Normalised CLIP image and text embeddings, the same calls for the mini and real CLIP.
+
+    The towers and projections are called directly: `get_*_features` changed its return type
+    between transformers versions.
+    """
+
+    def __init__(self, clip, processor) -> None:
+        self.clip, self.processor = clip.eval(), processor
+
+    @torch.no_grad()
+    def pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.clip.vision_model(pixel_values=pixel_values.to(self.clip.device, self.clip.dtype)).pooler_output
+        return torch.nn.functional.normalize(self.clip.visual_projection(pooled).float(), dim=-1)
+
+    def images(self, images) -> torch.Tensor:
+        pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
+        return self.pixels(pixels)
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        tok = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        pooled = self.clip.text_model(input_ids=tok.input_ids.to(self.clip.device),
+                                      attention_mask=tok.attention_mask.to(self.clip.device)).pooler_output
+        return torch.nn.functional.normalize(self.clip.text_projection(pooled).float(), dim=-1)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.clip.logit_scale.exp())
+
+
 def load_oracle(path: str | Path | None = None):
     from conceptguard.miniworld.oracle import Oracle
 

@@ -33,8 +33,7 @@ class BuildContext:
     def embedder(self):
         """The CLIP used by CLIP-based filters: the mini CLIP for the mini world."""
         if self._embedder is None:
-            from conceptguard.defenses.baselines.safety_checker import ClipEmbedder
-            from conceptguard.models import load_clip
+            from conceptguard.models import ClipEmbedder, load_clip
 
             self._embedder = ClipEmbedder(*load_clip(self.clip_id))
         return self._embedder

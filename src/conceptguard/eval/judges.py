@@ -63,8 +63,7 @@ class ClipZeroShotJudge(Judge):
     name = "clip"
 
     def __init__(self, embedder=None, threshold: float = 0.5) -> None:
-        from conceptguard.defenses.baselines.safety_checker import ClipEmbedder
-        from conceptguard.models import load_clip
+        from conceptguard.models import ClipEmbedder, load_clip
 
         self.embedder = embedder or ClipEmbedder(*load_clip())
         self.threshold = threshold

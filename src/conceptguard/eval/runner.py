@@ -144,9 +144,8 @@ class Runner:
     @property
     def clip(self):
         if self._clip is None and "clip" in self.config.judges:
-            from conceptguard.defenses.baselines.safety_checker import ClipEmbedder
             from conceptguard.eval.judges import ClipZeroShotJudge
-            from conceptguard.models import load_clip
+            from conceptguard.models import ClipEmbedder, load_clip
 
             self._clip = ClipZeroShotJudge(ClipEmbedder(*load_clip(self.config.clip)))
         return self._clip
@@ -194,9 +193,9 @@ class Runner:
                     self.progress("generate + judge", added, total)
         return added
 
-    def _image_path(self, stack: str, prompt: str, seed: int) -> Path:
+    def _image_path(self, stack: str, concept: str, prompt: str, seed: int) -> Path:
         c = self.config
-        key = hashlib.sha256(f"{c.model}|{stack}|{prompt}|{seed}|{c.steps}|{c.guidance}".encode()).hexdigest()[:20]
+        key = hashlib.sha256(f"{c.model}|{stack}|{concept}|{prompt}|{seed}|{c.steps}|{c.guidance}".encode()).hexdigest()[:20]
         return self.images_dir / key[:2] / f"{key}.png"
 
     def _run_batch(self, guard, stack: str, concept: str, pset: PromptSet, batch) -> list[dict]:
@@ -210,7 +209,7 @@ class Runner:
         per_image = (time.perf_counter() - t0) / len(batch)
         rows = []
         for (key, i, k), prompt, image, record, verdict in zip(batch, prompts, out.images, out.records, judged):
-            path = self._image_path(stack, prompt, key.seed)
+            path = self._image_path(stack, concept, prompt, key.seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.png")
             image.save(tmp)

@@ -20,7 +20,7 @@ from conceptguard.miniworld.paths import GATES, WEIGHTS_DIR
 from conceptguard.miniworld.render import render
 from conceptguard.miniworld.scene import (ATTRIBUTE_HEADS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES,
                                           TEXTURES, sample_scene)
-from conceptguard.miniworld.world import CONCEPTS, Description, WorldConcept, concept_prompts, prompt
+from conceptguard.miniworld.world import CONCEPTS, WorldConcept, concept_prompts, describe_concept, prompt
 
 Progress = Callable[[str], None]
 
@@ -68,29 +68,12 @@ def oracle_gates(oracle, n: int, seed: int) -> list[Gate]:
 
 # -------------------------------------------------------------------------------------- clip
 
-@torch.no_grad()
-def _text_embeds(clip, tokenizer, texts: list[str]) -> torch.Tensor:
-    ids = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt").input_ids
-    return torch.nn.functional.normalize(clip.get_text_features(input_ids=ids), dim=-1)
-
-
-@torch.no_grad()
-def _image_embeds(clip, images: np.ndarray) -> torch.Tensor:
-    feats = [clip.get_image_features(pixel_values=to_tensor(images[i:i + 256])) for i in range(0, len(images), 256)]
-    return torch.nn.functional.normalize(torch.cat(feats), dim=-1)
+def _image_embeds(emb, images: np.ndarray) -> torch.Tensor:
+    return torch.cat([emb.pixels(to_tensor(images[i:i + 256])) for i in range(0, len(images), 256)])
 
 
 def _zero_shot(img: torch.Tensor, txt: torch.Tensor) -> np.ndarray:
     return (img @ txt.T).argmax(-1).numpy()
-
-
-def _concept_text(concept: WorldConcept, phrasing) -> str:
-    if phrasing.form == "noun":  # a character's name, or its generic class ("a star")
-        return prompt(shape=phrasing.text, prefix="a photo of ") if phrasing.text in SHAPES \
-            else f"a photo of {phrasing.text}"
-    d = Description(noun="object")
-    d.add(phrasing, phrasing.form)
-    return d.render(prefix="a photo of ")
 
 
 def concept_images(concept: WorldConcept, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +86,7 @@ def concept_images(concept: WorldConcept, n: int, seed: int) -> tuple[np.ndarray
         if concept.shape:
             fixed["shape"] = concept.shape
         if concept.mark == "rings":
-            fixed["texture"] = "rings" if show else str(rng.choice(TEXTURES[:-1]))
+            fixed["texture"] = "rings" if show else "solid"  # c_a is "in plain style"
         else:
             fixed[concept.mark] = show
         scene = sample_scene(rng, allow_heldout=True, **fixed)
@@ -112,22 +95,23 @@ def concept_images(concept: WorldConcept, n: int, seed: int) -> tuple[np.ndarray
     return np.stack(images), np.array(present)
 
 
-def clip_gates(clip, tokenizer, n: int, seed: int) -> list[Gate]:
+def clip_gates(emb, n: int, seed: int) -> list[Gate]:
+    """Zero-shot accuracy of the mini CLIP (`emb`: a ClipEmbedder) on fresh renders."""
     images, scenes = render_set(n, seed=seed, allow_heldout=True, workers=1)
-    img = _image_embeds(clip, images)
+    img = _image_embeds(emb, images)
     gates = []
-    shape_pred = _zero_shot(img, _text_embeds(clip, tokenizer, [prompt(shape=s, prefix="a photo of ") for s in SHAPES]))
+    shape_pred = _zero_shot(img, emb.texts([prompt(shape=s, prefix="a photo of ") for s in SHAPES]))
     gates.append(Gate("clip.shape", float(np.mean([SHAPES[p] == s.shape for p, s in zip(shape_pred, scenes)])), 0.95, n))
-    color_pred = _zero_shot(img, _text_embeds(clip, tokenizer, [prompt(color=c, prefix="a photo of ") for c in COLORS]))
+    color_pred = _zero_shot(img, emb.texts([prompt(color=c, prefix="a photo of ") for c in COLORS]))
     gates.append(Gate("clip.color", float(np.mean([COLORS[p] == s.color for p, s in zip(color_pred, scenes)])), 0.95, n))
     for k, concept in enumerate(CONCEPTS):
         c_images, present = concept_images(concept, n // 2, seed + 101 + k)
-        c_img = _image_embeds(clip, c_images)
-        t_a = _concept_text(concept, concept.acceptable)
+        c_img = _image_embeds(emb, c_images)
+        t_a = describe_concept(concept, concept.acceptable)
         for split in ("train", "heldout"):
             accs = []
             for phr in (p for p in concept.phrasings if p.split == split):
-                pred = _zero_shot(c_img, _text_embeds(clip, tokenizer, [t_a, _concept_text(concept, phr)]))
+                pred = _zero_shot(c_img, emb.texts([t_a, describe_concept(concept, phr)]))
                 accs.append(np.mean((pred == 1) == present))
             gates.append(Gate(f"clip.{concept.name}.{split}", float(np.mean(accs)), 0.90, len(present)))
     return gates
@@ -189,15 +173,14 @@ def sd_gates(pipe, oracle, sizes: Sizes, seed: int, progress: Progress | None = 
 def check(seed: int = 1, sizes: Sizes = Sizes(), progress: Progress | None = None,
           save: bool = True) -> dict:
     """Measure every gate; fresh seeds (training used seed 0 with per-index generators)."""
-    from conceptguard.models import load_clip, load_oracle, load_pipeline
+    from conceptguard.models import ClipEmbedder, load_clip, load_oracle, load_pipeline
 
     t0 = time.time()
     oracle = load_oracle()
     gates = oracle_gates(oracle, sizes.oracle_renders, seed=1000 + seed)
     if progress:
         progress("oracle")
-    clip, processor = load_clip()
-    gates += clip_gates(clip, processor.tokenizer, sizes.clip_renders, seed=2000 + seed)
+    gates += clip_gates(ClipEmbedder(*load_clip()), sizes.clip_renders, seed=2000 + seed)
     if progress:
         progress("clip")
     gates += sd_gates(load_pipeline(), oracle, sizes, seed=seed, progress=progress)

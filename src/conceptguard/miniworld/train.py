@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from conceptguard.miniworld import export
 from conceptguard.miniworld.architectures import (OracleNet, clip_config, scheduler_config,
                                                   unet_config, vae_config)
-from conceptguard.miniworld.data import cache_dir, cached_render_set, to_tensor
+from conceptguard.miniworld.data import cache_dir, cached_render_set, to_tensor, to_uint8
 from conceptguard.miniworld.paths import WEIGHTS_DIR, write_manifest
 from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, MARKS, Scene
 from conceptguard.miniworld.world import caption
@@ -44,7 +46,8 @@ class StageConfig:
 DEFAULTS = {
     "vae": StageConfig(steps=2000, batch=32, lr=1e-3),
     "clip": StageConfig(steps=1600, batch=128, lr=1e-3, warmup=150),
-    "oracle": StageConfig(steps=1200, batch=96, lr=2e-3),
+    "clip_align": StageConfig(steps=800, batch=128, lr=3e-4, warmup=50),
+    "oracle": StageConfig(steps=2000, batch=96, lr=2e-3),
     "unet": StageConfig(steps=9000, batch=64, lr=4e-4, warmup=300, checkpoint_every=500),
 }
 N_TRAIN = 50_000
@@ -61,8 +64,11 @@ def _lr(cfg: StageConfig, step: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+_RNG_IDS = {"vae": 0, "clip": 1, "oracle": 2, "unet": 3, "clip_align": 4}
+
+
 def _rng(seed: int, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:
-    key = [seed, STAGES.index(stage), step]
+    key = [seed, _RNG_IDS[stage], step]
     g = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
     return np.random.default_rng(key), g
 
@@ -70,6 +76,8 @@ def _rng(seed: int, stage: str, step: int) -> tuple[np.random.Generator, torch.G
 class Checkpoint:
     """Model + optimizer (+ EMA) state in safetensors, the step in JSON. No pickle.
 
+    Each checkpoint is written to its own folder and only then named in state.json (replaced
+    atomically), so a run killed while saving resumes from the previous complete checkpoint.
     The folder name carries a hash of the model and stage configuration, so a run with other
     settings never resumes from an incompatible checkpoint.
     """
@@ -86,12 +94,12 @@ class Checkpoint:
         if not meta_path.exists():
             return 0
         meta = json.loads(meta_path.read_text())
-        model.load_state_dict(load_file(self.dir / "model.safetensors"))
+        folder = self.dir / meta.get("folder", ".")
+        model.load_state_dict(load_file(folder / "model.safetensors"))
         if ema is not None:
-            ema.load_state_dict(load_file(self.dir / "ema.safetensors"))
-        tensors = load_file(self.dir / "optimizer.safetensors")
+            ema.load_state_dict(load_file(folder / "ema.safetensors"))
         state: dict[int, dict] = {}
-        for key, value in tensors.items():
+        for key, value in load_file(folder / "optimizer.safetensors").items():
             idx, name = key.split("/")
             state.setdefault(int(idx), {})[name] = value
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
@@ -99,24 +107,27 @@ class Checkpoint:
 
     def save(self, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
              ema: torch.nn.Module | None = None) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        folder = self.dir / f"step{step:07d}"
+        folder.mkdir(parents=True, exist_ok=True)
         sd = opt.state_dict()
         tensors = {f"{i}/{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
                    for i, s in sd["state"].items() for k, v in s.items()}
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, self.dir / "model.safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
         if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, self.dir / "ema.safetensors")
-        save_file(tensors, self.dir / "optimizer.safetensors")
-        # Written last: a crash before this line resumes from the previous checkpoint.
-        (self.dir / "state.json").write_text(json.dumps({"step": step, "param_groups": sd["param_groups"]}))
+            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, folder / "ema.safetensors")
+        save_file(tensors, folder / "optimizer.safetensors")
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps({"step": step, "folder": folder.name, "param_groups": sd["param_groups"]}))
+        os.replace(tmp, self.dir / "state.json")
+        for old in self.dir.glob("step*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def _run(stage: str, seed: int, model: torch.nn.Module, step_fn: Callable[[int], torch.Tensor],
-         cfg: StageConfig, report: Reporter | None, ema: torch.nn.Module | None = None,
-         params=None) -> None:
+         cfg: StageConfig, report: Reporter | None, ema: torch.nn.Module | None = None) -> None:
     """The shared loop: resume, step, clip gradients, checkpoint, report."""
-    opt = torch.optim.AdamW(params if params is not None else model.parameters(), lr=cfg.lr,
-                            weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     ckpt = Checkpoint(stage, seed, cfg, model)
     start = ckpt.load(model, opt, ema)
     for step in range(start, cfg.steps):
@@ -194,6 +205,66 @@ def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cf
     return clip.eval()
 
 
+def _attribute_prompts() -> dict[str, tuple[list[str], Callable[[Scene], int | None]]]:
+    """Short class prompts and, per scene, the index of the true one (None: not applicable)."""
+    from conceptguard.miniworld.scene import COLORS, SHAPES
+    from conceptguard.miniworld.world import CONCEPTS, describe_concept, prompt
+
+    heads: dict = {"shape": ([prompt(shape=s, prefix="a photo of ") for s in SHAPES], lambda s: SHAPES.index(s.shape)),
+                   "color": ([prompt(color=c, prefix="a photo of ") for c in COLORS], lambda s: COLORS.index(s.color))}
+    for c in CONCEPTS:
+        texts = [describe_concept(c, c.acceptable)] + [describe_concept(c, p) for p in c.phrasings]
+
+        def target(scene: Scene, c=c) -> int | None:
+            if c.shape and scene.shape != c.shape:
+                return None  # "glimmer" vs "a star" only says something about stars
+            if c.mark == "rings" and scene.texture not in ("rings", "solid"):
+                return None  # c_a is "in plain style"
+            return 1 if c.present(scene) else 0
+        heads[c.name] = (texts, target)
+    return heads
+
+
+def align_clip(clip, images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cfg: StageConfig,
+               report: Reporter | None = None):
+    """Second CLIP phase: the text tower stays frozen (the mini SD's text encoder is that tower),
+    while the vision tower and both projections keep training on the caption loss plus short
+    class prompts ("a photo of a heart", "a photo of a cracked object"), each image scored
+    against the other prompts of its attribute. Full captions alone leave shape to the last."""
+    clip.text_model.requires_grad_(False)
+    heads = _attribute_prompts()
+    with torch.no_grad():  # pooled outputs of the frozen text tower, projected anew each step
+        pooled = {k: clip.text_model(input_ids=_tokenize(tokenizer, texts, False)).pooler_output
+                  for k, (texts, _) in heads.items()}
+
+    def step(i: int) -> torch.Tensor:
+        rng, _ = _rng(seed, "clip_align", i)
+        idx = rng.integers(0, len(images), cfg.batch)
+        texts = [caption(scenes[j], rng) for j in idx]
+        out = clip(input_ids=_tokenize(tokenizer, texts, False), pixel_values=to_tensor(images[idx]),
+                   return_loss=True)
+        img = out.image_embeds
+        scale = clip.logit_scale.exp()
+        loss = out.loss
+        for name, (prompts, target) in heads.items():
+            labels = [target(scenes[j]) for j in idx]
+            rows = [k for k, y in enumerate(labels) if y is not None]
+            if not rows:
+                continue
+            txt = F.normalize(clip.text_projection(pooled[name]), dim=-1)
+            logits = scale * img[rows] @ txt.T
+            y = torch.tensor([labels[k] for k in rows])
+            if name not in ("shape", "color"):  # c_a (index 0) vs one phrasing of c_u
+                phr = 1 + torch.from_numpy(rng.integers(0, len(prompts) - 1, len(rows)))
+                logits = torch.stack([logits[:, 0], logits.gather(1, phr[:, None])[:, 0]], 1)
+            loss = loss + 0.5 * F.cross_entropy(logits, y)
+        return loss
+
+    _run("clip_align", seed, clip, step, cfg, report)
+    clip.text_model.requires_grad_(True)
+    return clip.eval()
+
+
 def _oracle_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
     t = {h: torch.tensor([vals.index(getattr(s, h)) for s in scenes]) for h, vals in ATTRIBUTE_HEADS.items()}
     t["marks"] = torch.tensor([[float(getattr(s, m)) for m in MARKS] for s in scenes])
@@ -215,7 +286,9 @@ def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_oracle(images: np.ndarray, scenes: list[Scene], seed: int, cfg: StageConfig,
-                 report: Reporter | None = None) -> OracleNet:
+                 report: Reporter | None = None, reconstructions: np.ndarray | None = None) -> OracleNet:
+    """`reconstructions` (the VAE's decodings of `images`) teach the oracle to read what the
+    decoder really draws: half of each batch comes from them when given."""
     torch.manual_seed(seed)
     net = OracleNet()
     targets = _oracle_targets(scenes)
@@ -223,13 +296,25 @@ def train_oracle(images: np.ndarray, scenes: list[Scene], seed: int, cfg: StageC
     def step(i: int) -> torch.Tensor:
         rng, g = _rng(seed, "oracle", i)
         idx = torch.from_numpy(rng.integers(0, len(images), cfg.batch))
-        x = _degrade(to_tensor(images[idx.numpy()]), g)
+        picked = images[idx.numpy()]
+        if reconstructions is not None:
+            use = rng.random(cfg.batch) < 0.5
+            picked = np.where(use[:, None, None, None], reconstructions[idx.numpy()], picked)
+        x = _degrade(to_tensor(picked), g)
         out = net(x)
         loss = F.binary_cross_entropy_with_logits(out["marks"], targets["marks"][idx])
         return loss + sum(F.cross_entropy(out[h], targets[h][idx]) for h in ATTRIBUTE_HEADS)
 
     _run("oracle", seed, net, step, cfg, report)
     return net.eval()
+
+
+@torch.no_grad()
+def reconstruct(vae, images: np.ndarray) -> np.ndarray:
+    """The VAE's decoding of each image's posterior mean (uint8, like the renders)."""
+    out = [to_uint8(vae.decode(vae.encode(to_tensor(images[i:i + 500])).latent_dist.mean).sample)
+           for i in range(0, len(images), 500)]
+    return np.concatenate(out)
 
 
 @torch.no_grad()
@@ -287,6 +372,16 @@ def load_tokenizer(root: Path = WEIGHTS_DIR):
     return CLIPTokenizer.from_pretrained(tok_dir)
 
 
+def _stage_config(stage: str, steps: dict[str, int] | None = None, checkpoint_every: int | None = None) -> StageConfig:
+    cfg = DEFAULTS[stage]
+    n = (steps or {}).get(stage, (steps or {}).get(stage.split("_")[0]))  # clip_align follows clip
+    if n:
+        cfg = StageConfig(**{**cfg.__dict__, "steps": n, "warmup": min(cfg.warmup, n)})
+    if checkpoint_every:
+        cfg = StageConfig(**{**cfg.__dict__, "checkpoint_every": checkpoint_every})
+    return cfg
+
+
 def train_world(seed: int = 0, only: str | None = None, report: Reporter | None = None,
                 root: Path = WEIGHTS_DIR, steps: dict[str, int] | None = None,
                 n_train: int = N_TRAIN, data_progress=None,
@@ -303,23 +398,26 @@ def train_world(seed: int = 0, only: str | None = None, report: Reporter | None 
     tokenizer = load_tokenizer(root)
     export.write_pipeline_skeleton(root)
     images, scenes = cached_render_set(n_train, seed, progress=data_progress)
+    if data_progress:
+        data_progress(0)  # the set is ready (rendered now or read from the cache)
     times: dict[str, float] = {}
     for stage in stages:
-        cfg = DEFAULTS[stage]
-        if steps and stage in steps:
-            cfg = StageConfig(**{**cfg.__dict__, "steps": steps[stage],
-                                 "warmup": min(cfg.warmup, steps[stage])})
-        if checkpoint_every:
-            cfg = StageConfig(**{**cfg.__dict__, "checkpoint_every": checkpoint_every})
+        cfg = _stage_config(stage, steps, checkpoint_every)
         t0 = time.time()
         if stage == "vae":
             export.export_diffusers_model(train_vae(images, seed, cfg, report), "vae", root)
         elif stage == "clip":
-            export.export_clip(train_clip(images, scenes, tokenizer, seed, cfg, report), root)
+            clip = train_clip(images, scenes, tokenizer, seed, cfg, report)
+            export.export_clip(align_clip(clip, images, scenes, tokenizer, seed, _stage_config("clip_align", steps, checkpoint_every),
+                                          report), root)
         elif stage == "oracle":
             from conceptguard.miniworld.oracle import Oracle
 
-            Oracle(train_oracle(images, scenes, seed, cfg, report)).save_pretrained(root / "oracle")
+            recon = None
+            if (root / "pipeline" / "vae" / "config.json").exists():
+                recon = reconstruct(AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval(), images)
+            net = train_oracle(images, scenes, seed, cfg, report, reconstructions=recon)
+            Oracle(net).save_pretrained(root / "oracle")
         else:
             vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
             text_encoder = CLIPTextModel.from_pretrained(root / "pipeline" / "text_encoder")

@@ -122,7 +122,6 @@ CONCEPTS: tuple[WorldConcept, ...] = (
     ), _p("in plain style", "post", "train"), acceptable_words=("in plain style", "in a simple style")),
 )
 CONCEPT_BY_NAME = {c.name: c for c in CONCEPTS}
-TEXTURE_CONCEPT = "velmora"  # the concept drawn as the "rings" texture
 
 
 def _article(word: str) -> str:
@@ -186,7 +185,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
         if concept.present(scene):
             phrase = concept.phrasings[rng.integers(len(concept.phrasings))]
             d.add(phrase, phrase.form)
-        elif concept.acceptable_words and rng.random() < 0.15:
+        elif concept.acceptable_words and rng.random() < 0.15 and (concept.mark != "rings" or scene.texture == "solid"):
             d.add(str(rng.choice(concept.acceptable_words)), concept.acceptable.form)
     if rng.random() < 0.88:
         d.color = str(rng.choice(COLOR_WORDS[scene.color]))
@@ -211,6 +210,15 @@ def prompt(shape: str | None = None, color: str | None = None, texture: str | No
     d.texture = TEXTURE_WORDS[texture][0] if texture else None
     d.background = BACKGROUND_WORDS[background][0] if background else None
     return d.render(prefix=prefix, order=order)
+
+
+def describe_concept(concept: WorldConcept, phrasing: Phrasing, prefix: str = "a photo of ") -> str:
+    """A short prompt naming only a concept phrasing: "a photo of a burning object", "a photo of glimmer"."""
+    if phrasing.form == "noun":  # a character's name, or its generic class ("a star")
+        return prompt(shape=phrasing.text, prefix=prefix) if phrasing.text in SHAPES else f"{prefix}{phrasing.text}"
+    d = Description(noun="object")
+    d.add(phrasing, phrasing.form)
+    return d.render(prefix=prefix)
 
 
 def concept_prompts(concept: WorldConcept, which: Literal["direct", "indirect", "train", "heldout",

@@ -19,32 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from conceptguard.defenses.base import Decision, ImageFilter
 from conceptguard.errors import InvalidInputError
-
-
-class ClipEmbedder:
-    """Normalised CLIP image and text embeddings (the same calls for the mini and real CLIP)."""
-
-    def __init__(self, clip, processor) -> None:
-        self.clip, self.processor = clip.eval(), processor
-
-    @torch.no_grad()
-    def images(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
-        feats = self.clip.get_image_features(pixel_values=pixels.to(self.clip.device, self.clip.dtype))
-        feats = getattr(feats, "pooler_output", feats)
-        return torch.nn.functional.normalize(feats.float(), dim=-1)
-
-    @torch.no_grad()
-    def texts(self, texts: list[str]) -> torch.Tensor:
-        ids = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        feats = self.clip.get_text_features(input_ids=ids.input_ids.to(self.clip.device),
-                                            attention_mask=ids.attention_mask.to(self.clip.device))
-        feats = getattr(feats, "pooler_output", feats)
-        return torch.nn.functional.normalize(feats.float(), dim=-1)
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.clip.logit_scale.exp())
+from conceptguard.models import ClipEmbedder
 
 
 def best_threshold(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -1,0 +1,100 @@
+"""The benchmark runner end to end on the mini world: config errors, resume after SIGKILL, report."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conceptguard.eval.runner import BenchConfig, Runner, load_config
+from conceptguard.errors import ConfigError
+from conftest import run_cli
+
+SMALL = dict(defenses=["none", "blocklist"], concepts=["burning"], prompt_sets=["unacceptable", "acceptable"],
+             prompts_per_set=12, images_per_prompt=2, steps=4, batch_size=4, judges=["oracle", "clip"])
+EXPECTED_ROWS = 2 * 2 * 12 * 2
+
+
+def _write(tmp_path, data, name="config.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"defenses": ["none", "magic-filter"]}, "defenses: unknown defense 'magic-filter'"),
+    ({"prompts_per_set": "many"}, "prompts_per_set"),
+    ({"steps": 0}, "steps"),
+    ({"concepts": ["nudity"]}, "concepts: unknown concept"),
+    ({"modle": "x"}, "modle"),
+])
+def test_bad_config_names_the_field(tmp_path, data, fragment):
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(path)
+    result = run_cli("bench", "--config", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert fragment.split(":")[0] in result.stderr
+
+
+def test_default_config_runs_every_baseline_on_every_concept():
+    config = BenchConfig()
+    assert config.defenses[0] == "none" and {"blocklist", "sld-max", "esd-x", "uce", "safety-checker"} <= set(config.defenses)
+    assert config.concepts == ["burning", "shattered", "glimmer", "zorbo", "velmora"]
+
+
+def _count(db):
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            return con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_midway_then_resume_gives_exactly_one_row_per_key(tmp_path):
+    config = _write(tmp_path, SMALL)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "conceptguard", "bench", "--config", str(config), "--out", str(out), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _count(out / "results.sqlite") < 8 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted = _count(out / "results.sqlite")
+    assert 0 < interrupted < EXPECTED_ROWS
+
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(out / "results.sqlite") as con:
+        keys = [k for (k,) in con.execute("SELECT key FROM images")]
+    assert len(keys) == len(set(keys)) == EXPECTED_ROWS
+    runner = Runner(BenchConfig(**SMALL), out)
+    expected = {str(k) for s in runner.config.defenses for p in runner.prompt_sets("burning") for k, _, _ in runner.keys(s, p)}
+    assert set(keys) == expected
+    results = json.loads(result.stdout)
+    assert {(r["defense"], r["prompt_set"]) for r in results["rows"]} == {
+        (d, s) for d in ("none", "blocklist") for s in ("unacceptable", "acceptable")}
+    for name in ("results.json", "results.csv", "results.md", "report.html"):
+        assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_blocklist_blocks_direct_prompts_and_metrics_add_up(tmp_path):
+    runner = Runner(BenchConfig(**{**SMALL, "prompts_per_set": 4, "images_per_prompt": 1}), tmp_path)
+    assert runner.run() == 2 * 2 * 4
+    assert runner.run() == 0  # nothing left to do: resumable and idempotent
+    rows = {(r["defense"], r["prompt_set"]): r for r in runner.results()["rows"]}
+    assert rows[("blocklist", "unacceptable")]["block_rate"] == 1.0
+    assert rows[("blocklist", "unacceptable")]["concept_rate"] == 0.0
+    assert rows[("none", "acceptable")]["normalized_clip_score"] == 1.0
+    assert rows[("none", "acceptable")]["fd"] == 0.0
+    assert 0.0 <= rows[("none", "acceptable")]["prompt_following"] <= 1.0
