@@ -56,3 +56,18 @@ def test_interrupted_training_resumes_to_the_same_weights(fresh_root, tmp_path, 
     straight = load_file(fresh_root / "oracle" / "model.safetensors")
     assert resumed.keys() == straight.keys()
     assert all(np.array_equal(resumed[k].numpy(), straight[k].numpy()) for k in resumed)
+
+
+def test_checkpoint_folder_is_the_same_in_every_process():
+    """Resuming needs the same folder name in a new process (diffusers configs keep a set-ordered list)."""
+    import subprocess
+    import sys
+
+    code = ("from diffusers import AutoencoderKL, UNet2DConditionModel\n"
+            "from conceptguard.miniworld.train import Checkpoint, DEFAULTS\n"
+            "from conceptguard.miniworld.architectures import unet_config, vae_config\n"
+            "print(Checkpoint('unet', 0, DEFAULTS['unet'], UNet2DConditionModel(**unet_config())).dir.name,"
+            " Checkpoint('vae', 0, DEFAULTS['vae'], AutoencoderKL(**vae_config())).dir.name)")
+    names = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-2]
+             for _ in range(3)}
+    assert len(names) == 1

@@ -48,7 +48,7 @@ DEFAULTS = {
     "clip": StageConfig(steps=1600, batch=128, lr=1e-3, warmup=150),
     "clip_align": StageConfig(steps=800, batch=128, lr=3e-4, warmup=50),
     "oracle": StageConfig(steps=2000, batch=96, lr=2e-3),
-    "unet": StageConfig(steps=9000, batch=64, lr=4e-4, warmup=300, checkpoint_every=500),
+    "unet": StageConfig(steps=1500, batch=64, lr=4e-4, warmup=300, checkpoint_every=250),
 }
 N_TRAIN = 50_000
 CAPTION_DROPOUT = 0.1
@@ -73,6 +73,17 @@ def _rng(seed: int, stage: str, step: int) -> tuple[np.random.Generator, torch.G
     return np.random.default_rng(key), g
 
 
+def _config_text(model: torch.nn.Module) -> str:
+    """A stable text of a model's architecture: sorted keys, no private entries (diffusers keeps
+    `_use_default_values` in set order, which changes from one process to the next)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return type(model).__name__
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.dumps({k: v for k, v in data.items() if not k.startswith("_") and k != "transformers_version"},
+                      sort_keys=True, default=str)
+
+
 class Checkpoint:
     """Model + optimizer (+ EMA) state in safetensors, the step in JSON. No pickle.
 
@@ -83,9 +94,7 @@ class Checkpoint:
     """
 
     def __init__(self, stage: str, seed: int, cfg: StageConfig, model: torch.nn.Module) -> None:
-        arch = getattr(model, "config", None)
-        arch = arch.to_json_string() if hasattr(arch, "to_json_string") else json.dumps(dict(arch or {}), default=str)
-        key = hashlib.sha256(f"{arch}|{cfg}".encode()).hexdigest()[:10]
+        key = hashlib.sha256(f"{_config_text(model)}|{cfg}".encode()).hexdigest()[:10]
         self.dir = cache_dir() / "train" / f"{stage}_s{seed}_{key}"
 
     def load(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
