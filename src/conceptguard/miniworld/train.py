@@ -195,6 +195,15 @@ def _tokenize(tokenizer, texts: list[str], pad_to_max: bool) -> torch.Tensor:
                      max_length=77, return_tensors="pt").input_ids
 
 
+def _caption_batch(clip, images: np.ndarray, scenes: list[Scene], tokenizer, rng: np.random.Generator,
+                   batch: int):
+    """CLIP's contrastive forward on a random batch of renders, each with a fresh caption."""
+    idx = rng.integers(0, len(images), batch)
+    texts = [caption(scenes[j], rng) for j in idx]
+    out = clip(input_ids=_tokenize(tokenizer, texts, False), pixel_values=to_tensor(images[idx]), return_loss=True)
+    return out, idx
+
+
 def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cfg: StageConfig,
                report: Reporter | None = None):
     from transformers import CLIPModel
@@ -204,11 +213,7 @@ def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cf
 
     def step(i: int) -> torch.Tensor:
         rng, _ = _rng(seed, "clip", i)
-        idx = rng.integers(0, len(images), cfg.batch)
-        texts = [caption(scenes[j], rng) for j in idx]
-        out = clip(input_ids=_tokenize(tokenizer, texts, False), pixel_values=to_tensor(images[idx]),
-                   return_loss=True)
-        return out.loss
+        return _caption_batch(clip, images, scenes, tokenizer, rng, cfg.batch)[0].loss
 
     _run("clip", seed, clip, step, cfg, report)
     return clip.eval()
@@ -248,10 +253,7 @@ def align_clip(clip, images: np.ndarray, scenes: list[Scene], tokenizer, seed: i
 
     def step(i: int) -> torch.Tensor:
         rng, _ = _rng(seed, "clip_align", i)
-        idx = rng.integers(0, len(images), cfg.batch)
-        texts = [caption(scenes[j], rng) for j in idx]
-        out = clip(input_ids=_tokenize(tokenizer, texts, False), pixel_values=to_tensor(images[idx]),
-                   return_loss=True)
+        out, idx = _caption_batch(clip, images, scenes, tokenizer, rng, cfg.batch)
         img = out.image_embeds
         scale = clip.logit_scale.exp()
         loss = out.loss
