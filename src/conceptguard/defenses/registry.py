@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from conceptguard.concepts import Concept
 from conceptguard.defenses.base import Defense
 from conceptguard.errors import ConfigError
@@ -39,7 +41,11 @@ class BuildContext:
         return self._embedder
 
     def trained_dir(self, method: str, concept: str) -> Path:
-        key = hashlib.sha256(self.model_id.encode()).hexdigest()[:8]
+        """Cache folder of a trained defense, keyed by the base model's id *and* weights, so a
+        retrained model never picks up edits made for its predecessor."""
+        with torch.no_grad():
+            weights = ",".join(f"{p.double().sum().item():.10e}" for p in list(self.pipe.unet.parameters())[:8])
+        key = hashlib.sha256(f"{self.model_id}|{weights}".encode()).hexdigest()[:10]
         return self.cache / "defenses" / f"{method}-{concept}-{key}-s{self.seed}"
 
 
