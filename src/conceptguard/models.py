@@ -46,8 +46,11 @@ def _load(loader, ident: str, local: bool, what: str, **kwargs):
     try:
         return loader(ident, **kwargs)
     except OSError as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if local and ("Unable to load weights" in first_line or "deserializ" in first_line):
+            raise CorruptWeightsError(f"cannot load {what} from {ident}: damaged weight file ({first_line})") from exc
         if local:
-            raise ModelNotFoundError(f"cannot load {what} from {ident}: {str(exc).splitlines()[0]}") from exc
+            raise ModelNotFoundError(f"cannot load {what} from {ident}: {first_line}") from exc
         raise ModelNotFoundError(
             f"cannot load {what} {ident!r}: not a local folder and not in the Hugging Face cache "
             "(offline? download it elsewhere and pass its folder)") from exc

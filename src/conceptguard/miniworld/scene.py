@@ -81,6 +81,6 @@ def sample_scene(rng: np.random.Generator, allow_heldout: bool = False, **fixed)
         dx=float(rng.uniform(-0.08, 0.08)), dy=float(rng.uniform(-0.08, 0.08)),
         angle=float(rng.uniform(-20, 20)), scale=float(rng.uniform(0.92, 1.08)),
     )
-    if values["flames"] and values["cracks"] and "cracks" not in fixed:
-        values["cracks"] = False  # one group-1 concept at a time keeps captions short
+    if values["flames"] and values["cracks"]:  # one group-1 concept at a time, the one asked for
+        values["flames" if "cracks" in fixed and "flames" not in fixed else "cracks"] = False
     return Scene(**values)
