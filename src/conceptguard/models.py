@@ -122,7 +122,7 @@ class ClipEmbedder:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.clip.logit_scale.exp())
+        return float(self.clip.logit_scale.detach().exp())
 
 
 def load_oracle(path: str | Path | None = None):
