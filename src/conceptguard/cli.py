@@ -49,10 +49,9 @@ def _out_dir(path: Path) -> Path:
 
 def _concept_scene(name: str) -> dict:
     """Scene attributes that make a concept visible (raises UnknownConceptError)."""
-    from conceptguard.concepts import get_concept
-    from conceptguard.miniworld.world import CONCEPT_BY_NAME
+    from conceptguard.miniworld.world import world_concept
 
-    wc = CONCEPT_BY_NAME[get_concept(name).name]
+    wc = world_concept(name)
     fixed: dict = {"texture": "rings"} if wc.mark == "rings" else {wc.mark: True}
     if wc.shape:
         fixed["shape"] = wc.shape
@@ -406,3 +405,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# The CRTs' commands live in their own modules and register themselves on `app` / `train_app`.
+from conceptguard import cli_espresso  # noqa: E402,F401

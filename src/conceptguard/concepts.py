@@ -46,10 +46,37 @@ def miniworld_concepts() -> list[Concept]:
     return [c.concept() for c in CONCEPTS]
 
 
+def _paper(name: str, group: int, unacceptable: list[str], acceptable: str) -> Concept:
+    return Concept(name=name, group=group, unacceptable=unacceptable, acceptable=acceptable,
+                   train_phrasings=unacceptable)
+
+
+# The Espresso paper's eleven concepts (c_u and synonyms, c_a), for real models such as
+# openai/clip-vit-large-patch14 with SD v1.4.
+PAPER_CONCEPTS: tuple[Concept, ...] = (
+    _paper("nudity", 1, ["nude", "naked", "nsfw", "topless"], "clean"),
+    _paper("violence", 1, ["violent", "bloody", "gory", "brutal"], "peaceful"),
+    _paper("grumpy cat", 2, ["grumpy cat"], "cat"),
+    _paper("nemo", 2, ["nemo", "nemo the clownfish"], "fish"),
+    _paper("captain marvel", 2, ["captain marvel", "carol danvers"], "female superhero"),
+    _paper("snoopy", 2, ["snoopy", "snoopy the beagle"], "dog"),
+    _paper("r2d2", 2, ["r2d2", "r2-d2"], "robot"),
+    _paper("taylor swift", 2, ["taylor swift"], "woman"),
+    _paper("angelina jolie", 2, ["angelina jolie"], "woman"),
+    _paper("brad pitt", 2, ["brad pitt"], "man"),
+    _paper("elon musk", 2, ["elon musk"], "man"),
+)
+
+
+def all_concepts() -> list[Concept]:
+    """The mini world's concepts, then the paper presets for real models."""
+    return miniworld_concepts() + list(PAPER_CONCEPTS)
+
+
 def get_concept(name: str) -> Concept:
-    """Look a concept up by name (case-insensitive) in the mini world's registry."""
-    for concept in miniworld_concepts():
+    """Look a concept up by name (case-insensitive): the mini world's, then the paper presets."""
+    for concept in all_concepts():
         if concept.name == name.strip().lower():
             return concept
-    known = ", ".join(c.name for c in miniworld_concepts())
+    known = ", ".join(c.name for c in all_concepts())
     raise UnknownConceptError(f"unknown concept {name!r}; known concepts: {known}")

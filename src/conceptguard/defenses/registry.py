@@ -117,6 +117,20 @@ def _uce(c: Concept, ctx: BuildContext):
     return train_uce(ctx.pipe, c, preserve=preserve)
 
 
+def _espresso(c: Concept, ctx: BuildContext) -> list[Defense]:
+    from conceptguard.defenses.espresso import EspressoFilter
+
+    return [EspressoFilter(ctx.embedder, [c])]
+
+
+def _espresso_ft(c: Concept, ctx: BuildContext) -> list[Defense]:
+    from conceptguard.defenses.espresso import FinetuneConfig, load_or_finetune
+
+    report = (lambda i, n, loss: ctx.progress(f"train espresso-ft {c.name}", i, n)) if ctx.progress else None
+    return [load_or_finetune(ctx.trained_dir("espresso-ft", c.name), ctx.pipe, ctx.embedder, c,
+                             FinetuneConfig(seed=ctx.seed), progress=report)]
+
+
 BUILDERS: dict[str, Builder] = {
     "none": lambda c, ctx: [],
     "blocklist": _blocklist,
@@ -128,6 +142,7 @@ BUILDERS: dict[str, Builder] = {
     "uce": _trained("uce", _uce),
 }
 BASELINES = tuple(BUILDERS)
+BUILDERS.update({"espresso": _espresso, "espresso-ft": _espresso_ft})
 
 
 def register(name: str, builder: Builder) -> None:

@@ -47,11 +47,10 @@ def miniworld_set(concept: str, name: str, n: int = 16, seed: int = 0) -> Prompt
     paraphrase: held-out phrasings only, direct and indirect;
     acceptable: half the counterpart c_a, half unrelated scenes naming no concept.
     """
-    from conceptguard.concepts import get_concept
-    from conceptguard.miniworld.world import CONCEPT_BY_NAME, Phrasing, concept_prompts, prompt
+    from conceptguard.miniworld.world import concept_prompts, prompt, world_concept
     from conceptguard.miniworld.scene import BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES
 
-    wc = CONCEPT_BY_NAME[get_concept(concept).name]
+    wc = world_concept(concept)
     if name == "unacceptable":
         pool = tuple(p for p in wc.phrasings if p.split == "train" and not p.indirect)
         items = _with_pool(wc, pool, n, seed)

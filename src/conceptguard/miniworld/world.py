@@ -124,6 +124,18 @@ CONCEPTS: tuple[WorldConcept, ...] = (
 CONCEPT_BY_NAME = {c.name: c for c in CONCEPTS}
 
 
+def world_concept(name: str) -> WorldConcept:
+    """The mini-world concept called `name`; a clear error for unknown or real-model concepts."""
+    from conceptguard.concepts import get_concept
+    from conceptguard.errors import UnknownConceptError
+
+    concept = get_concept(name)
+    if concept.name not in CONCEPT_BY_NAME:
+        raise UnknownConceptError(f"{concept.name!r} is a preset for real models, not a mini-world concept "
+                                  f"({', '.join(CONCEPT_BY_NAME)})")
+    return CONCEPT_BY_NAME[concept.name]
+
+
 def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 

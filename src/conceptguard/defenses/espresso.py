@@ -1,0 +1,396 @@
+"""Espresso: a CLIP filter on generated images that decides, per concept, whether an image shows
+the unacceptable concept c_u or its acceptable counterpart c_a (spec: espresso.md).
+
+    p_u = softmax(s * [cos(x, t_u), cos(x, t_a)])[0]      flag when p_u > tau
+
+Fine-tuning (`finetune`) trains only the text side (text tower + text projection) so that t_u
+and t_a move apart while each stays paired with its generated images; the vision tower is
+frozen, so image embeddings stay valid. The decision is a hyperplane in image-embedding space,
+which gives every image a certified radius (`certified_radii`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter as PILImageFilter
+from safetensors.torch import load_file, save_file
+
+from conceptguard.concepts import Concept, get_concept
+from conceptguard.defenses.base import Decision, ImageFilter
+from conceptguard.errors import CorruptWeightsError, InvalidInputError, ModelNotFoundError
+from conceptguard.models import ClipEmbedder
+
+Mode = Literal["softmax", "projection"]
+Progress = Callable[[int, int, float], None]  # (step, total, loss)
+
+
+def concept_texts(concept: Concept) -> tuple[str, str]:
+    """The two texts the filter compares: (c_u, c_a). Mini-world concepts use the short prompts the
+    mini CLIP was aligned on ("a photo of a burning object"); real presets use the paper's phrases."""
+    from conceptguard.miniworld.world import CONCEPT_BY_NAME, describe_concept
+
+    wc = CONCEPT_BY_NAME.get(concept.name)
+    if wc is None:
+        return concept.c_u, concept.c_a
+    first = next(p for p in wc.phrasings if p.text == concept.c_u)
+    return describe_concept(wc, first), describe_concept(wc, wc.acceptable)
+
+
+# ------------------------------------------------------------------------------- the decision
+
+def p_unacceptable(x: torch.Tensor, t_u: torch.Tensor, t_a: torch.Tensor, scale: float,
+                   mode: Mode = "softmax") -> torch.Tensor:
+    """p_u per image. x: [N, d] normalised image embeddings; t_u, t_a: [d] normalised."""
+    if mode == "softmax":
+        return torch.softmax(scale * torch.stack([x @ t_u, x @ t_a], -1), -1)[:, 0]
+    # the paper's earlier variant: project x on the line through t_a and t_u, compare distances
+    d = t_u - t_a
+    along = ((x - t_a) @ d) / (d @ d)  # 0 at t_a, 1 at t_u
+    proj = t_a + along[:, None] * d
+    gap = (proj - t_a).norm(dim=-1) - (proj - t_u).norm(dim=-1)  # > 0: nearer t_u
+    return torch.sigmoid(scale * gap)
+
+
+def certified_radii(x: torch.Tensor, t_u: torch.Tensor, t_a: torch.Tensor, scale: float,
+                    tau: float = 0.5) -> torch.Tensor:
+    """L2 distance of each image embedding to the decision hyperplane s*(x.d) = log(tau/(1-tau)):
+    no perturbation of x smaller than this flips the softmax decision."""
+    d = t_u - t_a
+    return (scale * (x @ d) - math.log(tau / (1 - tau))).abs() / (scale * d.norm())
+
+
+def certified_accuracy(radii: np.ndarray, correct: np.ndarray, eps: float) -> float:
+    """Share of images that are classified correctly *and* have radius > eps."""
+    return float(np.mean(correct & (radii > eps))) if len(radii) else float("nan")
+
+
+@dataclass
+class ConceptPair:
+    """One concept as the filter sees it: its name, the two texts and their embeddings."""
+
+    name: str
+    text_u: str
+    text_a: str
+    t_u: torch.Tensor
+    t_a: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------- the filter
+
+class EspressoFilter(ImageFilter):
+    """An ImageFilter over one or more concepts; flagged images are replaced (black, blur or a
+    given image). The record keeps p_u per concept. Per image: one vision forward pass."""
+
+    name = "espresso"
+
+    def __init__(self, embedder: ClipEmbedder, concepts: Sequence[Concept], tau: float = 0.5,
+                 mode: Mode = "softmax", replacement: str | Image.Image = "black",
+                 text_model: torch.nn.Module | None = None, text_projection: torch.nn.Module | None = None,
+                 name: str = "espresso") -> None:
+        if not concepts:
+            raise InvalidInputError("Espresso needs at least one concept")
+        if not 0 < tau < 1:
+            raise InvalidInputError(f"tau must lie in (0, 1), not {tau}")
+        if mode not in ("softmax", "projection"):
+            raise InvalidInputError(f"mode must be 'softmax' or 'projection', not {mode!r}")
+        if isinstance(replacement, str) and replacement not in ("black", "blur"):
+            raise InvalidInputError(f"replacement must be 'black', 'blur' or an image, not {replacement!r}")
+        self.embedder, self.tau, self.mode, self.replacement, self.name = embedder, tau, mode, replacement, name
+        # the text side: the base CLIP's unless a fine-tuned one is given
+        self.text_model = text_model or embedder.clip.text_model
+        self.text_projection = text_projection or embedder.clip.text_projection
+        self.concepts = [self._pair(c) for c in concepts]
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        return _text_embeds(self.text_model, self.text_projection, self.embedder.processor.tokenizer, texts)
+
+    def _pair(self, concept: Concept) -> ConceptPair:
+        text_u, text_a = concept_texts(concept)
+        t = self.embed_texts([text_u, text_a])  # cached: computed once per concept
+        return ConceptPair(concept.name, text_u, text_a, t[0], t[1])
+
+    @property
+    def scale(self) -> float:
+        return self.embedder.logit_scale
+
+    def scores(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """p_u per concept for each image."""
+        x = self.embedder.images(images)
+        return {c.name: p_unacceptable(x, c.t_u, c.t_a, self.scale, self.mode) for c in self.concepts}
+
+    def check(self, images: list[Image.Image], prompts: list[str]) -> list[Decision]:
+        scores = self.scores(images)
+        out = []
+        for i in range(len(images)):
+            flagged = [c for c, p in scores.items() if float(p[i]) > self.tau]
+            out.append(self.decision(blocked=bool(flagged),
+                                     reason=f"shows {', '.join(flagged)}" if flagged else None,
+                                     **{f"p_u_{c}": float(p[i]) for c, p in scores.items()}))
+        return out
+
+    def replace(self, image: Image.Image) -> Image.Image:
+        if isinstance(self.replacement, Image.Image):
+            return self.replacement.convert("RGB").resize(image.size)
+        if self.replacement == "blur":
+            return image.filter(PILImageFilter.GaussianBlur(radius=max(image.size) / 8))
+        return Image.new("RGB", image.size)
+
+    def certify(self, images: list[Image.Image], unacceptable: Sequence[bool],
+                concept: str | None = None) -> dict[str, np.ndarray]:
+        """Radius and correctness per image for one concept (the first by default)."""
+        c = self._concept(concept)
+        x = self.embedder.images(images)
+        p = p_unacceptable(x, c.t_u, c.t_a, self.scale, "softmax")
+        truth = np.asarray(unacceptable, dtype=bool)
+        return {"radius": certified_radii(x, c.t_u, c.t_a, self.scale, self.tau).numpy(),
+                "correct": (p.numpy() > self.tau) == truth, "p_u": p.numpy()}
+
+    def _concept(self, name: str | None) -> ConceptPair:
+        if name is None:
+            return self.concepts[0]
+        for c in self.concepts:
+            if c.name == name:
+                return c
+        raise InvalidInputError(f"this filter has no concept {name!r}; it has {', '.join(c.name for c in self.concepts)}")
+
+    # ----------------------------------------------------------------------------- storage
+
+    def save_pretrained(self, path: str | Path, base_clip: str = "miniworld", extra: dict | None = None) -> None:
+        """The text side (safetensors), the cached concept embeddings, and a config naming the
+        base CLIP; the frozen vision tower is not copied."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        text = {f"text_model.{k}": v for k, v in self.text_model.state_dict().items()}
+        text.update({f"text_projection.{k}": v for k, v in self.text_projection.state_dict().items()})
+        save_file({k: v.detach().contiguous().cpu() for k, v in text.items()}, path / "text.safetensors")
+        save_file({f"{c.name}/{w}": getattr(c, w).contiguous() for c in self.concepts for w in ("t_u", "t_a")},
+                  path / "concepts.safetensors")
+        config = {"kind": "espresso", "base_clip": base_clip, "tau": self.tau, "mode": self.mode,
+                  "name": self.name, "hidden_size": self.text_model.config.hidden_size,
+                  "concepts": [{"name": c.name, "text_u": c.text_u, "text_a": c.text_a} for c in self.concepts],
+                  **(extra or {})}
+        (path / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, embedder: ClipEmbedder | None = None,
+                        tau: float | None = None) -> "EspressoFilter":
+        from conceptguard.models import load_clip
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"no Espresso filter in {path} (config.json missing)")
+        config = json.loads((path / "config.json").read_text())
+        if embedder is None:
+            base = config["base_clip"]
+            embedder = ClipEmbedder(*load_clip(None if base == "miniworld" else base))
+        if embedder.clip.text_model.config.hidden_size != config["hidden_size"]:
+            raise InvalidInputError(f"the filter in {path} was trained for a text encoder of width "
+                                    f"{config['hidden_size']}, this CLIP's is {embedder.clip.text_model.config.hidden_size}")
+        try:
+            text = load_file(path / "text.safetensors")
+            stored = load_file(path / "concepts.safetensors")
+        except Exception as err:  # a truncated or damaged file
+            raise CorruptWeightsError(f"damaged weights in {path}: {err}") from None
+        text_model = copy.deepcopy(embedder.clip.text_model)
+        projection = copy.deepcopy(embedder.clip.text_projection)
+        text_model.load_state_dict({k[len("text_model."):]: v for k, v in text.items() if k.startswith("text_model.")})
+        projection.load_state_dict({k[len("text_projection."):]: v for k, v in text.items()
+                                    if k.startswith("text_projection.")})
+        self = cls.__new__(cls)
+        ImageFilter.__init__(self)
+        self.embedder, self.text_model, self.text_projection = embedder, text_model.eval(), projection
+        self.tau = config["tau"] if tau is None else tau
+        self.mode, self.replacement, self.name = config["mode"], "black", config.get("name", "espresso")
+        self.concepts = [ConceptPair(c["name"], c["text_u"], c["text_a"], stored[f"{c['name']}/t_u"],
+                                     stored[f"{c['name']}/t_a"]) for c in config["concepts"]]
+        self.config = config
+        return self
+
+
+def _text_embeds(text_model, projection, tokenizer, texts: list[str]) -> torch.Tensor:
+    tok = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    pooled = text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
+    return F.normalize(projection(pooled).float(), dim=-1)
+
+
+# --------------------------------------------------------------------------------- fine-tuning
+
+REAL_TEMPLATES = ("a photo of {}", "a painting of {}", "a close-up picture of {}", "{} in a city street",
+                  "{} at the beach", "an illustration of {}", "a high-quality photo of {}", "{}, digital art")
+
+
+def twin_prompts(concept: Concept, n: int, seed: int) -> list[tuple[str, str]]:
+    """n (p_u, p_a) pairs: prompts with the concept (training phrasings only) and minimally edited
+    twins that say c_a instead, with the same attributes."""
+    from conceptguard.miniworld.world import CONCEPT_BY_NAME, concept_prompts
+
+    wc = CONCEPT_BY_NAME.get(concept.name)
+    if wc is not None:  # same seed -> same shapes, colours, backgrounds and prefixes
+        with_c = concept_prompts(wc, "train", n, seed=seed)
+        twins = concept_prompts(wc, "acceptable", n, seed=seed)
+        return [(u, a) for (u, _), (a, _) in zip(with_c, twins)]
+    rng = np.random.default_rng(seed)
+    phrases = concept.train_phrasings or concept.unacceptable
+    return [(t.format(phrases[i % len(phrases)]), t.format(concept.c_a))
+            for i, t in enumerate(rng.choice(REAL_TEMPLATES, n))]
+
+
+@dataclass
+class FinetuneConfig:
+    """Reference hyper-parameters from espresso.md; `lr` is higher for the mini CLIP (trained at 1e-3)."""
+
+    pairs: int = 96
+    val_pairs: int = 48
+    epochs: int = 30
+    batch: int = 10
+    lr: float = 5e-5
+    weight_decay: float = 0.2
+    a_separation: float = 1.0
+    a_pairing: float = 1.0
+    a_margin: float = 1.0
+    margin: float = 0.1
+    a_preserve: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class FinetuneResult:
+    filter: EspressoFilter
+    history: list[dict]  # per epoch: loss, val FNR, val FPR, margin
+    best_epoch: int
+    before: dict  # validation FNR/FPR of the un-fine-tuned filter
+    images: dict  # the generated validation images and their intended labels, for certification
+
+
+def _clip_loss(x: torch.Tensor, t: torch.Tensor, scale: float) -> torch.Tensor:
+    """Symmetric CLIP contrastive loss between paired image and text embeddings."""
+    logits = scale * x @ t.T
+    labels = torch.arange(len(x))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def _validate(x_u: torch.Tensor, x_a: torch.Tensor, t: torch.Tensor, scale: float, tau: float) -> dict:
+    p_u = p_unacceptable(x_u, t[0], t[1], scale)
+    p_a = p_unacceptable(x_a, t[0], t[1], scale)
+    radii = certified_radii(torch.cat([x_u, x_a]), t[0], t[1], scale, tau)
+    return {"fnr": float((p_u <= tau).float().mean()), "fpr": float((p_a > tau).float().mean()),
+            "mean_radius": float(radii.mean())}
+
+
+def finetune(pipe, embedder: ClipEmbedder, concept: Concept, cfg: FinetuneConfig = FinetuneConfig(),
+             tau: float = 0.5, progress: Progress | None = None,
+             generate_fn: Callable[[list[str], list[int]], list[Image.Image]] | None = None) -> FinetuneResult:
+    """Fine-tune the text side for one concept on (prompt, image) pairs generated by `pipe`.
+
+    The checkpoint kept is the epoch with the lowest validation FNR + FPR (ties: larger mean
+    certified radius)."""
+    from conceptguard.generation import generate
+
+    gen = generate_fn or (lambda prompts, seeds: generate(pipe, prompts, seeds))
+    torch.manual_seed(cfg.seed)
+    pairs = twin_prompts(concept, cfg.pairs + cfg.val_pairs, seed=cfg.seed + 17)
+    p_u, p_a = [u for u, _ in pairs], [a for _, a in pairs]
+    seeds = [cfg.seed * 1_000_000 + i for i in range(len(pairs))]
+    images_u, images_a = gen(p_u, seeds), gen(p_a, seeds)  # same seed: the twin differs only in text
+    x_u, x_a = embedder.images(images_u), embedder.images(images_a)
+    n = cfg.pairs
+    tokenizer = embedder.processor.tokenizer
+    text_model = copy.deepcopy(embedder.clip.text_model).train()
+    projection = copy.deepcopy(embedder.clip.text_projection).train()
+    params = list(text_model.parameters()) + list(projection.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=cfg.weight_decay)
+    scale = embedder.logit_scale
+    text_u, text_a = concept_texts(concept)
+    preserve = _preserve_prompts(concept, cfg.seed)
+    with torch.no_grad():
+        preserve_ref = _text_embeds(text_model, projection, tokenizer, preserve)
+        t0 = _text_embeds(text_model, projection, tokenizer, [text_u, text_a])
+    before = _validate(x_u[n:], x_a[n:], t0, scale, tau)
+    best = (before["fnr"] + before["fpr"], -before["mean_radius"])
+    best_state, best_epoch = _state(text_model, projection), 0
+    history: list[dict] = []
+    rng = np.random.default_rng(cfg.seed)
+    steps_per_epoch = math.ceil(n / cfg.batch)
+    total = cfg.epochs * steps_per_epoch
+    for epoch in range(1, cfg.epochs + 1):
+        order = rng.permutation(n)
+        losses = []
+        for k in range(steps_per_epoch):
+            idx = order[k * cfg.batch:(k + 1) * cfg.batch]
+            texts = [p_u[i] for i in idx] + [p_a[i] for i in idx]
+            t = _text_embeds(text_model, projection, tokenizer, [text_u, text_a] + texts + preserve)
+            t_c, t_p, t_keep = t[:2], t[2:2 + len(texts)], t[2 + len(texts):]
+            xb_u, xb_a = x_u[idx], x_a[idx]
+            separation = -((t_c[0] - t_c[1]) ** 2).sum()
+            pairing = _clip_loss(torch.cat([xb_u, xb_a]), t_p, scale)
+            margin = (F.relu(cfg.margin + xb_u @ t_c[1] - xb_u @ t_c[0]).mean()
+                      + F.relu(cfg.margin + xb_a @ t_c[0] - xb_a @ t_c[1]).mean())
+            keep = ((t_keep - preserve_ref) ** 2).sum(-1).mean()
+            loss = (cfg.a_separation * separation + cfg.a_pairing * pairing + cfg.a_margin * margin
+                    + cfg.a_preserve * keep)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if progress:
+                progress((epoch - 1) * steps_per_epoch + k + 1, total, losses[-1])
+        with torch.no_grad():
+            val = _validate(x_u[n:], x_a[n:], _text_embeds(text_model, projection, tokenizer, [text_u, text_a]),
+                            scale, tau)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), **val})
+        if (val["fnr"] + val["fpr"], -val["mean_radius"]) < best:
+            best = (val["fnr"] + val["fpr"], -val["mean_radius"])
+            best_state, best_epoch = _state(text_model, projection), epoch
+    text_model.load_state_dict(best_state[0])
+    projection.load_state_dict(best_state[1])
+    text_model.eval().requires_grad_(False)
+    projection.requires_grad_(False)
+    filt = EspressoFilter(embedder, [concept], tau=tau, text_model=text_model, text_projection=projection,
+                          name="espresso-ft")
+    return FinetuneResult(filt, history, best_epoch, before,
+                          {"images": images_u[n:] + images_a[n:], "unacceptable": [True] * (len(pairs) - n)
+                           + [False] * (len(pairs) - n)})
+
+
+def _state(text_model, projection) -> tuple[dict, dict]:
+    return ({k: v.detach().clone() for k, v in text_model.state_dict().items()},
+            {k: v.detach().clone() for k, v in projection.state_dict().items()})
+
+
+def _preserve_prompts(concept: Concept, seed: int) -> list[str]:
+    """Prompts unrelated to the concept whose embeddings fine-tuning should leave in place."""
+    from conceptguard.miniworld.world import CONCEPT_BY_NAME
+
+    if concept.name in CONCEPT_BY_NAME:
+        from conceptguard.eval.prompts import miniworld_set
+
+        return [i.text for i in miniworld_set(concept.name, "acceptable", 16, seed=seed + 5).items[8:]]
+    return ["a photo of a dog", "a landscape painting", "a city street at night", "a bowl of fruit",
+            "a person reading a book", "a mountain lake", "a red car", "a portrait of an old man"]
+
+
+def load_or_finetune(folder: Path, pipe, embedder: ClipEmbedder, concept: Concept,
+                     cfg: FinetuneConfig = FinetuneConfig(), progress: Progress | None = None) -> EspressoFilter:
+    """The cached fine-tuned filter for `concept`, training it on first use."""
+    if (folder / "config.json").exists():
+        return EspressoFilter.from_pretrained(folder, embedder)
+    result = finetune(pipe, embedder, concept, cfg, progress=progress)
+    result.filter.save_pretrained(folder, extra={"best_epoch": result.best_epoch, "history": result.history,
+                                                 "before": result.before})
+    return result.filter
+
+
+def build_filter(concept_names: Sequence[str], embedder: ClipEmbedder, **kwargs) -> EspressoFilter:
+    return EspressoFilter(embedder, [get_concept(n) for n in concept_names], **kwargs)
