@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from conceptguard.concepts import get_concept
-from conceptguard.defenses.espresso import (EspressoFilter, FinetuneConfig, certified_radii, finetune,
-                                            p_unacceptable, twin_prompts)
+from conceptguard.defenses.espresso import EspressoFilter, FinetuneConfig, certified_radii, finetune, p_unacceptable
+from conceptguard.eval.prompts import twin_prompts
 from conceptguard.errors import InvalidInputError
 from conceptguard.miniworld.gates import concept_images
 from conceptguard.miniworld.world import CONCEPT_BY_NAME

@@ -82,6 +82,8 @@ class GuardedPipeline:
                 if self.components[name] is getattr(pipe, name):
                     self.components[name] = copy.deepcopy(getattr(pipe, name))
             edit.apply_to(self.components)
+        for defense in self.of_kind(EmbeddingDefense):
+            defense.check_encoder(self.components["text_encoder"], pipe.tokenizer)
         self._cache: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
         self._cache_size = embed_cache_size
 

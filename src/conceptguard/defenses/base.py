@@ -52,6 +52,9 @@ class EmbeddingDefense(Defense):
 
     kind = "embedding"
 
+    def check_encoder(self, text_encoder, tokenizer) -> None:
+        """Raise if this defense was trained for another text encoder (GuardedPipeline calls it)."""
+
     def apply(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor,
               prompts: list[str]) -> tuple[torch.Tensor, list[Decision]]:
         raise NotImplementedError

@@ -131,6 +131,37 @@ def _espresso_ft(c: Concept, ctx: BuildContext) -> list[Defense]:
                              FinetuneConfig(seed=ctx.seed), progress=report)]
 
 
+def _sanitizer(alpha: float) -> Builder:
+    def build(c: Concept, ctx: BuildContext) -> list[Defense]:
+        from conceptguard.defenses.sanitizer import SanitizerDefense, train_sanitizer
+
+        folder = ctx.trained_dir("sanitizer", c.name)
+        name = "sanitizer" if alpha == 1 else f"sanitizer-a{alpha:g}"
+        if (folder / "config.json").exists():
+            return [SanitizerDefense.from_pretrained(folder, alpha, name)]
+        report = (lambda i, n, loss: ctx.progress(f"train sanitizer {c.name}", i, n)) if ctx.progress else None
+        trained = train_sanitizer([c], ctx.pipe.text_encoder, ctx.pipe.tokenizer, progress=report,
+                                  encoder_name=ctx.model_id)
+        trained.save_pretrained(folder)
+        trained.alpha, trained.name = alpha, name
+        return [trained]
+    return build
+
+
+def _steerdiff(eps: float = 0.88, spans_only: bool = False) -> Builder:
+    def build(c: Concept, ctx: BuildContext) -> list[Defense]:
+        from conceptguard.defenses.steerdiff import SteerDiff, train_steerdiff
+
+        folder = ctx.trained_dir("steerdiff", c.name)
+        name = "steerdiff" + ("-spans" if spans_only else "") + ("" if eps == 0.88 else f"-e{eps:g}")
+        if not (folder / "config.json").exists():
+            report = (lambda i, n, loss: ctx.progress(f"train steerdiff {c.name}", i, n)) if ctx.progress else None
+            train_steerdiff([c], ctx.pipe.text_encoder, ctx.pipe.tokenizer, progress=report,
+                            encoder_name=ctx.model_id).save_pretrained(folder)
+        return [SteerDiff.from_pretrained(folder, eps, spans_only, name)]
+    return build
+
+
 BUILDERS: dict[str, Builder] = {
     "none": lambda c, ctx: [],
     "blocklist": _blocklist,
@@ -142,7 +173,10 @@ BUILDERS: dict[str, Builder] = {
     "uce": _trained("uce", _uce),
 }
 BASELINES = tuple(BUILDERS)
-BUILDERS.update({"espresso": _espresso, "espresso-ft": _espresso_ft})
+BUILDERS.update({"espresso": _espresso, "espresso-ft": _espresso_ft, "sanitizer": _sanitizer(1.0),
+                 **{f"sanitizer-a{a:g}": _sanitizer(a) for a in (0.0, 0.5, 2.0)},
+                 "steerdiff": _steerdiff(), "steerdiff-spans": _steerdiff(spans_only=True),
+                 **{f"steerdiff-e{e:g}": _steerdiff(e) for e in (0.25, 0.5, 0.75, 1.0)}})
 
 
 def register(name: str, builder: Builder) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conceptguard.concepts import Concept
 from conceptguard.errors import InvalidInputError
 
 MINIWORLD_SETS = ("unacceptable", "paraphrase", "acceptable")
@@ -99,3 +100,25 @@ def load_prompt_file(path: str | Path, concept: str, name: str | None = None) ->
     if not texts:
         raise InvalidInputError(f"no prompts in {path}")
     return PromptSet(name or path.stem, concept, tuple(PromptItem(t) for t in texts))
+
+
+# ------------------------------------------------------------------ training twins
+
+REAL_TEMPLATES = ("a photo of {}", "a painting of {}", "a close-up picture of {}", "{} in a city street",
+                  "{} at the beach", "an illustration of {}", "a high-quality photo of {}", "{}, digital art")
+
+
+def twin_prompts(concept: Concept, n: int, seed: int) -> list[tuple[str, str]]:
+    """n (p_u, p_a) pairs: prompts with the concept (training phrasings only) and minimally edited
+    twins that say c_a instead, with the same attributes."""
+    from conceptguard.miniworld.world import CONCEPT_BY_NAME, concept_prompts
+
+    wc = CONCEPT_BY_NAME.get(concept.name)
+    if wc is not None:  # same seed -> same shapes, colours, backgrounds and prefixes
+        with_c = concept_prompts(wc, "train", n, seed=seed)
+        twins = concept_prompts(wc, "acceptable", n, seed=seed)
+        return [(u, a) for (u, _), (a, _) in zip(with_c, twins)]
+    rng = np.random.default_rng(seed)
+    phrases = concept.train_phrasings or concept.unacceptable
+    return [(t.format(phrases[i % len(phrases)]), t.format(concept.c_a))
+            for i, t in enumerate(rng.choice(REAL_TEMPLATES, n))]

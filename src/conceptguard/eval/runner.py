@@ -35,7 +35,8 @@ class BenchConfig(BaseModel):
     clip: str | None = Field(None, description="CLIP for CLIP-based judges and filters (default: the mini CLIP)")
     defenses: list[str] = Field(default_factory=lambda: ["none", "blocklist", "negative-prompt", "sld-weak",
                                                          "sld-medium", "sld-strong", "sld-max", "safety-checker",
-                                                         "esd-x", "esd-u", "uce"])
+                                                         "esd-x", "esd-u", "uce", "espresso",
+                                                         "espresso-ft", "sanitizer", "steerdiff"])
     concepts: list[str] = Field(default_factory=lambda: ["burning", "shattered", "glimmer", "zorbo", "velmora"])
     prompt_sets: list[str] = Field(default_factory=lambda: list(MINIWORLD_SETS))
     prompt_files: dict[str, str] = Field(default_factory=dict, description="extra sets: name -> .txt/.csv file")

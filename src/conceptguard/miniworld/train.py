@@ -48,7 +48,7 @@ DEFAULTS = {
     "clip": StageConfig(steps=1600, batch=128, lr=1e-3, warmup=150),
     "clip_align": StageConfig(steps=800, batch=128, lr=3e-4, warmup=50),
     "oracle": StageConfig(steps=2000, batch=96, lr=2e-3),
-    "unet": StageConfig(steps=1500, batch=64, lr=4e-4, warmup=300, checkpoint_every=250),
+    "unet": StageConfig(steps=6000, batch=64, lr=4e-4, warmup=300, checkpoint_every=500),
 }
 N_TRAIN = 50_000
 CAPTION_DROPOUT = 0.1

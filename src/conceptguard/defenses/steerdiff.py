@@ -1,0 +1,230 @@
+"""SteerDiff: identify inappropriate spans in the per-token prompt embeddings, then steer the
+embeddings away from them with a learned affine map (spec: steerdiff.md).
+
+Identifier: every window of 1..9 consecutive real tokens, zero-padded to [9, d] and flattened,
+is scored by an MLP (9d -> 100 -> 50 -> 1). Steering: if any window scores > threshold, every
+token but BOS (EOS and padding included) becomes e' = (1 - eps) e + eps W(e), eps = 0.88; with
+`spans_only`, only the flagged tokens are steered. W is fitted by least squares on token pairs
+(a prompt with the concept, its twin with the safe counterpart), aligned position by position.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from conceptguard.concepts import Concept
+from conceptguard.defenses.base import Decision, EmbeddingDefense
+from conceptguard.defenses.text_data import (aligned_twins, benign_prompts, check_encoder, concept_twins, encode,
+                                             encoder_identity, gather_positions, token_mask)
+from conceptguard.errors import CorruptWeightsError, ModelNotFoundError
+
+MAX_WINDOW = 9
+Progress = Callable[[int, int, float], None]
+
+
+class Identifier(nn.Module):
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(MAX_WINDOW * hidden_size, 100), nn.ReLU(), nn.Linear(100, 50), nn.ReLU(),
+                                 nn.Linear(50, 1))
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """windows [N, 9, d] -> probability [N]."""
+        return torch.sigmoid(self.net(windows.flatten(1)).squeeze(-1))
+
+
+def windows(hidden: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Every span of 1..9 tokens inside [start, end) of one prompt's hidden states [L, d],
+    zero-padded to [9, d]. Returns the windows and their (first, last + 1) positions."""
+    spans = [(i, j) for i in range(start, end) for j in range(i + 1, min(i + MAX_WINDOW, end) + 1)]
+    out = hidden.new_zeros(len(spans), MAX_WINDOW, hidden.shape[-1])
+    for k, (i, j) in enumerate(spans):
+        out[k, :j - i] = hidden[i:j]
+    return out, spans
+
+
+class SteerDiff(EmbeddingDefense):
+    name = "steerdiff"
+
+    def __init__(self, identifier: Identifier, steer: nn.Linear, config: dict, eps: float = 0.88,
+                 threshold: float = 0.5, spans_only: bool = False, name: str = "steerdiff") -> None:
+        self.identifier, self.steer_map, self.config = identifier.eval(), steer, config
+        self.eps, self.threshold, self.spans_only, self.name = eps, threshold, spans_only, name
+
+    def check_encoder(self, text_encoder, tokenizer) -> None:
+        check_encoder("steerdiff", self.config, text_encoder, tokenizer)
+
+    @torch.no_grad()
+    def span_scores(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> list[list[tuple[int, int, float]]]:
+        """Per prompt: (first, last + 1, score) of every window."""
+        mask = token_mask(input_ids, self.config["bos"], self.config["eos"])
+        out = []
+        for h, m in zip(hidden.float(), mask):
+            n = int(m.sum())
+            if n == 0:
+                out.append([])
+                continue
+            wins, spans = windows(h, 1, 1 + n)
+            scores = self.identifier(wins).tolist()
+            out.append([(i, j, s) for (i, j), s in zip(spans, scores)])
+        return out
+
+    @torch.no_grad()
+    def steer(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor,
+              eps: float | None = None) -> tuple[torch.Tensor, list[float]]:
+        """Steered embeddings and each prompt's highest window score."""
+        eps = self.eps if eps is None else eps
+        hidden = prompt_embeds.float()
+        moved = (1 - eps) * hidden + eps * self.steer_map(hidden)
+        out = hidden.clone()
+        tops = []
+        for b, spans in enumerate(self.span_scores(hidden, input_ids)):
+            flagged = [(i, j) for i, j, s in spans if s > self.threshold]
+            tops.append(max((s for *_, s in spans), default=0.0))
+            if not flagged:
+                continue
+            if self.spans_only:
+                for i, j in flagged:
+                    out[b, i:j] = moved[b, i:j]
+            else:
+                out[b, 1:] = moved[b, 1:]  # every token but BOS, EOS and padding included
+        return out.to(prompt_embeds.dtype), tops
+
+    def apply(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor,
+              prompts: list[str]) -> tuple[torch.Tensor, list[Decision]]:
+        out, tops = self.steer(prompt_embeds, input_ids)
+        return out, [self.decision(max_score=t, steered=float(t > self.threshold)) for t in tops]
+
+    def identify(self, prompt: str, text_encoder, tokenizer) -> list[dict]:
+        """Flagged spans of a prompt, highest score first, overlapping spans merged into the best one."""
+        hidden, ids = encode(text_encoder, tokenizer, [prompt])
+        spans = sorted(self.span_scores(hidden, ids)[0], key=lambda x: -x[2])
+        kept: list[tuple[int, int, float]] = []
+        for i, j, s in spans:
+            if s > self.threshold and all(j <= a or i >= b for a, b, _ in kept):
+                kept.append((i, j, s))
+        tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+        return [{"start": i, "end": j, "score": float(s),
+                 "text": " ".join(t.replace("</w>", "") for t in tokens[i:j])} for i, j, s in kept]
+
+    # ------------------------------------------------------------------------------ storage
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {f"identifier.{k}": v for k, v in self.identifier.state_dict().items()}
+        tensors.update({f"steer.{k}": v for k, v in self.steer_map.state_dict().items()})
+        save_file({k: v.contiguous() for k, v in tensors.items()}, path / "steerdiff.safetensors")
+        (path / "config.json").write_text(json.dumps({**self.config, "kind": "steerdiff", "eps": self.eps,
+                                                      "threshold": self.threshold}, indent=1) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, eps: float | None = None, spans_only: bool = False,
+                        name: str = "steerdiff") -> "SteerDiff":
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"no SteerDiff in {path} (config.json missing)")
+        config = json.loads((path / "config.json").read_text())
+        d = config["hidden_size"]
+        identifier, steer = Identifier(d), nn.Linear(d, d)
+        try:
+            tensors = load_file(path / "steerdiff.safetensors")
+            identifier.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("identifier.")})
+            steer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("steer.")})
+        except Exception as err:
+            raise CorruptWeightsError(f"damaged weights in {path}: {str(err).splitlines()[0]}") from None
+        return cls(identifier, steer, config, config["eps"] if eps is None else eps, config["threshold"],
+                   spans_only, name)
+
+
+# ----------------------------------------------------------------------------------- training
+
+@dataclass
+class SteerDiffConfig:
+    pairs: int = 400  # per concept
+    benign: int = 800
+    epochs: int = 30
+    batch: int = 256
+    lr: float = 1e-3
+    ridge: float = 1e-2
+    seed: int = 0
+
+
+def _identifier_data(h_t, labels, h_b, ids_b, bos, eos) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positives: the windows that are exactly a concept phrase in context. Negatives: every
+    window of the safe prompts (benign scenes and the anchor twins)."""
+    pos, neg = [], []
+    for h, lab in zip(h_t, labels):
+        idx = lab.nonzero().flatten()
+        if len(idx):
+            i, j = int(idx.min()), int(idx.max()) + 1
+            w = h.new_zeros(MAX_WINDOW, h.shape[-1])
+            w[:min(j - i, MAX_WINDOW)] = h[i:i + min(j - i, MAX_WINDOW)]
+            pos.append(w)
+    mask = token_mask(ids_b, bos, eos)
+    for h, m in zip(h_b, mask):
+        n = int(m.sum())
+        neg.append(windows(h, 1, 1 + n)[0])
+    pos_t, neg_t = torch.stack(pos), torch.cat(neg)
+    x = torch.cat([pos_t, neg_t])
+    y = torch.cat([torch.ones(len(pos_t)), torch.zeros(len(neg_t))])
+    return x, y
+
+
+def fit_steering(h_t: torch.Tensor, aligned: torch.Tensor, h_b: torch.Tensor, ridge: float) -> nn.Linear:
+    """Least squares W (affine) with W(concept-prompt token) ~ its twin's token and W(safe token) ~ itself."""
+    x = torch.cat([h_t.reshape(-1, h_t.shape[-1]), h_b.reshape(-1, h_b.shape[-1])])
+    y = torch.cat([aligned.reshape(-1, h_t.shape[-1]), h_b.reshape(-1, h_b.shape[-1])])
+    xa = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    gram = xa.T @ xa + ridge * len(x) * torch.eye(xa.shape[1], dtype=torch.float64)
+    sol = torch.linalg.solve(gram, xa.T @ y.double())
+    d = h_t.shape[-1]
+    lin = nn.Linear(d, d)
+    with torch.no_grad():
+        lin.weight.copy_(sol[:d].T.float())
+        lin.bias.copy_(sol[d].float())
+    return lin
+
+
+def train_steerdiff(concepts: Sequence[Concept], text_encoder, tokenizer, cfg: SteerDiffConfig = SteerDiffConfig(),
+                    progress: Progress | None = None, encoder_name: str = "miniworld") -> SteerDiff:
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    targets, anchors = concept_twins(concepts, cfg.pairs, cfg.seed)
+    h_t, ids_t = encode(text_encoder, tokenizer, targets)
+    h_a, ids_a = encode(text_encoder, tokenizer, anchors)
+    h_b, ids_b = encode(text_encoder, tokenizer, benign_prompts(concepts, cfg.benign, cfg.seed + 1))
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    index, labels = aligned_twins(ids_t, ids_a, eos)
+    x, y = _identifier_data(h_t, labels, torch.cat([h_b, h_a]), torch.cat([ids_b, ids_a]), bos, eos)
+    identifier = Identifier(h_t.shape[-1])
+    opt = torch.optim.Adam(identifier.parameters(), lr=cfg.lr)
+    pos_weight = float((y == 0).sum() / max(1, (y == 1).sum()))  # balance the few positives
+    steps = cfg.epochs * int(np.ceil(len(x) / cfg.batch))
+    step = 0
+    for _ in range(cfg.epochs):
+        order = torch.from_numpy(rng.permutation(len(x)))
+        for k in range(0, len(x), cfg.batch):
+            b = order[k:k + cfg.batch]
+            p = identifier(x[b]).clamp(1e-6, 1 - 1e-6)
+            weight = torch.where(y[b] == 1, pos_weight, 1.0)
+            loss = F.binary_cross_entropy(p, y[b], weight=weight) / pos_weight ** 0.5
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if progress:
+                progress(step, steps, loss.item())
+    steer = fit_steering(h_t, gather_positions(h_a, index), h_b, cfg.ridge)
+    config = {"concepts": [c.name for c in concepts], **encoder_identity(text_encoder, tokenizer, encoder_name),
+              "train": dict(cfg.__dict__)}
+    return SteerDiff(identifier, steer, config)
