@@ -410,3 +410,4 @@ if __name__ == "__main__":
 # The CRTs' commands live in their own modules and register themselves on `app` / `train_app`.
 from conceptguard import cli_espresso  # noqa: E402,F401
 from conceptguard import cli_sanitizer  # noqa: E402,F401
+from conceptguard import cli_allbutone  # noqa: E402,F401

@@ -107,6 +107,13 @@ def _esd(variant: str) -> Builder:
     return _trained(f"esd-{variant}", train)
 
 
+def _allbutone(c: Concept, ctx: BuildContext):
+    from conceptguard.defenses.allbutone import train_allbutone
+
+    report = (lambda i, n, loss: ctx.progress(f"train allbutone {c.name}", i, n)) if ctx.progress else None
+    return train_allbutone(ctx.pipe, c, seed=ctx.seed, progress=report)
+
+
 def _uce(c: Concept, ctx: BuildContext):
     from conceptguard.defenses.baselines.uce import train_uce
     from conceptguard.eval.prompts import miniworld_set
@@ -175,6 +182,7 @@ BUILDERS: dict[str, Builder] = {
 BASELINES = tuple(BUILDERS)
 BUILDERS.update({"espresso": _espresso, "espresso-ft": _espresso_ft, "sanitizer": _sanitizer(1.0),
                  **{f"sanitizer-a{a:g}": _sanitizer(a) for a in (0.0, 0.5, 2.0)},
+                 "allbutone": _trained("allbutone", _allbutone),
                  "steerdiff": _steerdiff(), "steerdiff-spans": _steerdiff(spans_only=True),
                  **{f"steerdiff-e{e:g}": _steerdiff(e) for e in (0.25, 0.5, 0.75, 1.0)}})
 

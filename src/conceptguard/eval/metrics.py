@@ -60,3 +60,27 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
             covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
     covmean = covmean.real
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def alternative_shown(judged: dict, expected: dict, concept: str) -> bool:
+    """An image for a prompt with `concept` shows the alternative instead: the concept is gone and
+    every other attribute the prompt named is there (`expected` is the prompt's oracle labels;
+    the artist style's alternative, "plain style", is a solid texture)."""
+    from conceptguard.miniworld.oracle import labels_match
+
+    want = {**expected, concept: False}
+    if concept == "velmora":
+        want["texture"] = "solid"
+    return labels_match(judged, want)
+
+
+def spatial_consistency(edited: Sequence, original: Sequence, judged_edited: Sequence[dict],
+                        judged_original: Sequence[dict]) -> dict[str, float]:
+    """How much of the original model's picture an edit keeps at the same seed: the oracle's
+    background and size agreement, and pixel similarity 1 - mean |difference| (images in [0, 255]).
+    `score` is their mean."""
+    bg = float(np.mean([a["background"] == b["background"] for a, b in zip(judged_edited, judged_original)]))
+    size = float(np.mean([a["size"] == b["size"] for a, b in zip(judged_edited, judged_original)]))
+    pix = float(np.mean([1 - np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean() / 255
+                         for a, b in zip(edited, original)]))
+    return {"background": bg, "size": size, "pixels": pix, "score": (bg + size + pix) / 3}

@@ -36,7 +36,8 @@ class BenchConfig(BaseModel):
     defenses: list[str] = Field(default_factory=lambda: ["none", "blocklist", "negative-prompt", "sld-weak",
                                                          "sld-medium", "sld-strong", "sld-max", "safety-checker",
                                                          "esd-x", "esd-u", "uce", "espresso",
-                                                         "espresso-ft", "sanitizer", "steerdiff"])
+                                                         "espresso-ft", "sanitizer", "steerdiff",
+                                                         "allbutone"])
     concepts: list[str] = Field(default_factory=lambda: ["burning", "shattered", "glimmer", "zorbo", "velmora"])
     prompt_sets: list[str] = Field(default_factory=lambda: list(MINIWORLD_SETS))
     prompt_files: dict[str, str] = Field(default_factory=dict, description="extra sets: name -> .txt/.csv file")

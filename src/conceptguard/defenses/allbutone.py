@@ -1,0 +1,188 @@
+"""All but One (Hong, Lee, Woo; AAAI 2024): update only the guidance term of the erased concept
+toward the alternative's, and keep the unconditional score where it was (spec: allbutone.md).
+
+    L = || [eps_t(x_t, c_e) - eps_t(x_t, "")] - [eps_o(x_t, c_alt) - eps_o(x_t, "")] ||^2
+        + lambda * || eps_t(x_t, "") - eps_o(x_t, "") ||^2  (+ mu * retain term)
+
+eps_o is the frozen original, eps_t a trainable copy. c_e are prompts with the concept (training
+phrasings, in the mini world's scene contexts) and c_alt their twins with the alternative, so
+the alternative is drawn in the layout the erased prompt would have had. x_t comes from partial
+DDIM sampling of c_e with the *original* model. Only the changed weights are saved (a WeightEdit);
+with LoRA (peft) the adapters are merged into those weights before saving.
+
+Purification: DDIM-invert an image with the original model, regenerate it with the edited one.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conceptguard.concepts import Concept
+from conceptguard.defenses.baselines.esd import _encode, sample_until
+from conceptguard.defenses.baselines.weight_edit import WeightEdit
+from conceptguard.errors import InvalidInputError
+
+# Same step budget and sampling as the ESD mini preset, so the two compare at equal cost.
+MINI = dict(iterations=150, lr=3e-4, ddim_steps=25, start_guidance=3.0, batch=4, lam=1.0, mu=0.5)
+PARAM_SETS = ("xattn", "attn", "full")
+
+
+def trainable_names(unet, params: str) -> list[str]:
+    """xattn: cross-attention (default, as for objects and styles); attn: all attention; full: all but time embedding."""
+    names = [n for n, _ in unet.named_parameters()]
+    if params == "xattn":
+        return [n for n in names if "attn2" in n]
+    if params == "attn":
+        return [n for n in names if ".attn1." in n or ".attn2." in n]
+    if params == "full":
+        return [n for n in names if "time_emb" not in n]
+    raise InvalidInputError(f"--params must be one of {', '.join(PARAM_SETS)}, not {params!r}")
+
+
+def erase_pairs(concept: Concept, alternative: str | None, n: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt with the concept, the same prompt with the alternative). Default alternative: c_a."""
+    from conceptguard.eval.prompts import twin_prompts
+
+    if alternative is None or alternative == concept.c_a:
+        return twin_prompts(concept, n, seed)
+    phrases = concept.train_phrasings or [concept.c_u]
+    return [(phrases[i % len(phrases)], alternative) for i in range(n)]
+
+
+def _retain_prompts(concept: Concept, seed: int) -> list[str]:
+    from conceptguard.defenses.text_data import benign_prompts
+
+    return benign_prompts([concept], 32, seed + 3)
+
+
+def train_allbutone(pipe, concept: Concept, alternative: str | None = None, seed: int = 0, params: str = "xattn",
+                    lora_rank: int = 0, progress: Callable[[int, int, float], None] | None = None,
+                    **overrides) -> WeightEdit:
+    """Train the edit; returns the changed UNet weights (LoRA merged when lora_rank > 0)."""
+    from diffusers import DDIMScheduler
+
+    hp = {**MINI, **overrides}
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    frozen = pipe.unet.eval().requires_grad_(False)
+    unet = copy.deepcopy(frozen)
+    names = trainable_names(unet, params)
+    trainable = _make_trainable(unet, names, lora_rank, seed)
+    opt = torch.optim.Adam(trainable, lr=hp["lr"])
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(hp["ddim_steps"])
+    pairs = erase_pairs(concept, alternative, 64, seed)
+    embeds = {p: _encode(pipe, [p]) for pair in pairs for p in pair}
+    retain = _retain_prompts(concept, seed)
+    emb_retain = _encode(pipe, retain)
+    emb_0 = _encode(pipe, [""])
+    size, stride = unet.config.sample_size, scheduler.config.num_train_timesteps // hp["ddim_steps"]
+    for it in range(hp["iterations"]):
+        batch = [pairs[i] for i in rng.integers(0, len(pairs), hp["batch"])]
+        c_e = torch.cat([embeds[e] for e, _ in batch])
+        c_alt = torch.cat([embeds[a] for _, a in batch])
+        uncond = emb_0.repeat(len(batch), 1, 1)
+        n_steps = int(rng.integers(0, hp["ddim_steps"]))
+        z = torch.randn((len(batch), unet.config.in_channels, size, size), generator=gen)
+        z = sample_until(frozen, scheduler, z, c_e, uncond, hp["start_guidance"], n_steps)  # the original's x_t
+        t = min(int(scheduler.timesteps[n_steps]) + int(rng.integers(0, stride)), scheduler.config.num_train_timesteps - 1)
+        t = torch.full((len(batch),), t)
+        c_r = emb_retain[torch.from_numpy(rng.integers(0, len(retain), len(batch)))]
+        with torch.no_grad():
+            o_0, o_alt, o_r = frozen(torch.cat([z] * 3), torch.cat([t] * 3),
+                                     encoder_hidden_states=torch.cat([uncond, c_alt, c_r])).sample.chunk(3)
+        t_0, t_e, t_r = unet(torch.cat([z] * 3), torch.cat([t] * 3),
+                             encoder_hidden_states=torch.cat([uncond, c_e, c_r])).sample.chunk(3)
+        loss = (F.mse_loss(t_e - t_0, o_alt - o_0) + hp["lam"] * F.mse_loss(t_0, o_0)
+                + hp["mu"] * F.mse_loss(t_r, o_r))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress:
+            progress(it + 1, hp["iterations"], loss.item())
+    changed = _changed_weights(unet, names, lora_rank)
+    config = {"name": "allbutone", "method": "All but One", "concept": concept.name,
+              "alternative": alternative or concept.c_a, "params": params, "lora_rank": lora_rank,
+              "base_model": getattr(pipe, "name_or_path", None) or str(pipe.config._name_or_path), "seed": seed, **hp}
+    return WeightEdit(changed, config, component="unet")
+
+
+def _make_trainable(unet, names: list[str], lora_rank: int, seed: int) -> list[torch.nn.Parameter]:
+    if lora_rank <= 0:
+        params = dict(unet.named_parameters())
+        for n in names:
+            params[n].requires_grad_(True)
+        return [params[n] for n in names]
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(seed)
+    modules = sorted({n.rsplit(".", 1)[0] for n in names if n.endswith(".weight")
+                      and isinstance(unet.get_submodule(n.rsplit(".", 1)[0]), torch.nn.Linear)})
+    inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=modules), unet)
+    return [p for n, p in unet.named_parameters() if "lora_" in n and p.requires_grad]
+
+
+def _changed_weights(unet, names: list[str], lora_rank: int) -> dict[str, torch.Tensor]:
+    if lora_rank <= 0:
+        params = dict(unet.named_parameters())
+        return {n: params[n].detach().clone() for n in names}
+    out = {}
+    for module_name, module in unet.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            base = module.base_layer.weight.detach()
+            delta = module.lora_B["default"].weight @ module.lora_A["default"].weight * module.scaling["default"]
+            out[f"{module_name}.weight"] = (base + delta).clone()
+    return out
+
+
+# ------------------------------------------------------------------------------- purification
+
+@torch.no_grad()
+def ddim_invert(pipe, image: torch.Tensor, cond: torch.Tensor, steps: int = 25) -> torch.Tensor:
+    """Latent noise that DDIM (no guidance) maps back to `image` [B, 3, H, W] in [-1, 1]."""
+    from diffusers import DDIMInverseScheduler
+
+    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+    inverse.set_timesteps(steps)
+    z = pipe.vae.encode(image.to(pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+    for t in inverse.timesteps:
+        eps = pipe.unet(z, t, encoder_hidden_states=cond).sample
+        z = inverse.step(eps, t, z).prev_sample
+    return z
+
+
+def purify(pipe, edit: WeightEdit, images: list[Image.Image], prompt: str, steps: int = 25,
+           guidance: float = 1.0) -> list[Image.Image]:
+    """Invert each image with the original model under `prompt` (which names the erased concept),
+    then run DDIM from that latent with the edited model and the same prompt."""
+    from diffusers import DDIMScheduler
+
+    from conceptguard.guard import GuardedPipeline
+
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32))
+                     for im in images]).permute(0, 3, 1, 2) / 127.5 - 1
+    cond = _encode(pipe, [prompt] * len(images))
+    latents = ddim_invert(pipe, x, cond, steps)
+    edited = GuardedPipeline(pipe, [edit]).unet
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    uncond = _encode(pipe, [""] * len(images))
+    z = latents
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            if guidance == 1.0:
+                eps = edited(z, t, encoder_hidden_states=cond).sample
+            else:
+                e_u, e_c = edited(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+                eps = e_u + guidance * (e_c - e_u)
+            z = scheduler.step(eps, t, z).prev_sample
+        out = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
+    arr = ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in arr]
