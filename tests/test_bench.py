@@ -30,7 +30,7 @@ def _write(tmp_path, data, name="config.yaml"):
     ({"defenses": ["none", "magic-filter"]}, "defenses: unknown defense 'magic-filter'"),
     ({"prompts_per_set": "many"}, "prompts_per_set"),
     ({"steps": 0}, "steps"),
-    ({"concepts": ["nudity"]}, "concepts: unknown concept"),
+    ({"concepts": ["dragons"]}, "concepts: unknown concept"),
     ({"modle": "x"}, "modle"),
 ])
 def test_bad_config_names_the_field(tmp_path, data, fragment):

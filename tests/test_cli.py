@@ -59,7 +59,8 @@ def test_generate_writes_pngs(tmp_path):
     (("generate", "", "--out", "OUT"), "empty prompt"),
     (("generate", "a cat", "--out", "OUT", "--model", "some-org/not-downloaded"), "not in the Hugging Face cache"),
     (("generate", "a cat", "--out", "OUT", "--model", "./no/such/folder"), "not found"),
-    (("world", "render", "--out", "OUT", "--concept", "nudity"), "unknown concept"),
+    (("world", "render", "--out", "OUT", "--concept", "dragons"), "unknown concept"),
+    (("world", "render", "--out", "OUT", "--concept", "nudity"), "not a mini-world concept"),
     (("world", "judge", "missing.png"), "image not found"),
     (("world", "train", "--only", "everything"), "--only must be one of"),
 ])

@@ -24,7 +24,12 @@ def test_five_concepts_with_enough_phrasings():
 def test_unknown_concept_is_a_clear_error():
     assert get_concept("Burning").name == "burning"
     with pytest.raises(UnknownConceptError, match="known concepts"):
-        get_concept("nudity")
+        get_concept("dragons")
+    assert get_concept("nudity").c_a == "clean"  # a preset of the Espresso paper, for real models
+    from conceptguard.miniworld.world import world_concept
+
+    with pytest.raises(UnknownConceptError, match="not a mini-world concept"):
+        world_concept("nudity")
 
 
 def test_captions_name_every_concept_present():
