@@ -228,7 +228,7 @@ def _text_embeds(text_model, projection, tokenizer, texts: list[str]) -> torch.T
 
 @dataclass
 class FinetuneConfig:
-    """Reference hyper-parameters from espresso.md; `lr` is higher for the mini CLIP (trained at 1e-3)."""
+    """The reference hyper-parameters of espresso.md (the optimizer also takes betas (0.9, 0.98), eps 1e-6)."""
 
     pairs: int = 96
     val_pairs: int = 48
