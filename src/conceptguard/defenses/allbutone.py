@@ -15,7 +15,6 @@ Purification: DDIM-invert an image with the original model, regenerate it with t
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conceptguard.concepts import Concept
-from conceptguard.defenses.baselines.esd import _encode, sample_until
+from conceptguard.defenses.baselines.esd import _encode, sample_until, training_setup
 from conceptguard.defenses.baselines.weight_edit import WeightEdit
 from conceptguard.errors import InvalidInputError
 
@@ -65,18 +64,11 @@ def train_allbutone(pipe, concept: Concept, alternative: str | None = None, seed
                     lora_rank: int = 0, progress: Callable[[int, int, float], None] | None = None,
                     **overrides) -> WeightEdit:
     """Train the edit; returns the changed UNet weights (LoRA merged when lora_rank > 0)."""
-    from diffusers import DDIMScheduler
-
     hp = {**MINI, **overrides}
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    frozen = pipe.unet.eval().requires_grad_(False)
-    unet = copy.deepcopy(frozen)
+    frozen, unet, scheduler, rng, gen = training_setup(pipe, seed, hp["ddim_steps"])
     names = trainable_names(unet, params)
     trainable = _make_trainable(unet, names, lora_rank, seed)
     opt = torch.optim.Adam(trainable, lr=hp["lr"])
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(hp["ddim_steps"])
     pairs = erase_pairs(concept, alternative, 64, seed)
     embeds = {p: _encode(pipe, [p]) for pair in pairs for p in pair}
     retain = _retain_prompts(concept, seed)

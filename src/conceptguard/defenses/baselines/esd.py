@@ -48,23 +48,27 @@ def sample_until(unet, scheduler, z: torch.Tensor, cond: torch.Tensor, uncond: t
     return z
 
 
+def training_setup(pipe, seed: int, ddim_steps: int):
+    """What ESD and All but One both start from: the frozen original UNet, a trainable copy, a DDIM
+    scheduler for partial sampling, and the seeded numpy / torch generators."""
+    from diffusers import DDIMScheduler
+
+    frozen = pipe.unet.eval().requires_grad_(False)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(ddim_steps)
+    return frozen, copy.deepcopy(frozen), scheduler, np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+
+
 def train_esd(pipe, concept: Concept, variant: str = "x", seed: int = 0,
               progress: Callable[[int, int, float], None] | None = None, **overrides) -> WeightEdit:
     """Train ESD-x or ESD-u for one concept on its training phrasings; returns the changed weights."""
-    from diffusers import DDIMScheduler
-
     hp = {**MINI, **overrides}
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    frozen = pipe.unet.eval().requires_grad_(False)
-    unet = copy.deepcopy(frozen)
+    frozen, unet, scheduler, rng, gen = training_setup(pipe, seed, hp["ddim_steps"])
     names = trainable_names(unet, variant)
     params = dict(unet.named_parameters())
     for n in names:
         params[n].requires_grad_(True)
     opt = torch.optim.Adam([params[n] for n in names], lr=hp["lr"])
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(hp["ddim_steps"])
     prompts = concept.train_phrasings or [concept.c_u]
     emb_0 = _encode(pipe, [""])
     emb_p = {p: _encode(pipe, [p]) for p in prompts}
