@@ -24,6 +24,7 @@ from conceptguard.defenses.base import (Decision, Defense, EmbeddingDefense, Gui
                                         ModelEdit, PromptFilter)
 from conceptguard.errors import ConfigError, InvalidInputError
 from conceptguard.generation import check_prompt, initial_latents
+from conceptguard.learned_tokens import LearnedTokens, override_token_embeddings
 
 
 @dataclass
@@ -86,6 +87,7 @@ class GuardedPipeline:
             defense.check_encoder(self.components["text_encoder"], pipe.tokenizer)
         self._cache: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
         self._cache_size = embed_cache_size
+        self.learned_tokens = LearnedTokens()  # placeholders prompts may use (e.g. a CCE attack's token)
 
     # ------------------------------------------------------------------------------ helpers
     def of_kind(self, kind: type) -> list:
@@ -105,27 +107,37 @@ class GuardedPipeline:
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         tok = self.pipe.tokenizer
+        if any(self.learned_tokens.uses(p) for p in prompts):
+            return self.learned_tokens.tokenize(tok, prompts)[0]
         return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                    return_tensors="pt").input_ids
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Text encoder's last hidden state for each prompt, [B, 77, d] (cached per prompt)."""
-        key_model = id(self.text_encoder)
-        missing = [p for p in dict.fromkeys(prompts) if (key_model, p) not in self._cache]
+        learned = self.learned_tokens
+        keys = [(id(self.text_encoder), learned.key(p)) for p in prompts]
+        missing = list(dict.fromkeys(p for p, k in zip(prompts, keys) if k not in self._cache))
         if missing:
-            ids = self.tokenize(missing).to(self.device)
+            token_embeds = None
+            if any(learned.uses(p) for p in missing):
+                ids, where = learned.tokenize(self.pipe.tokenizer, missing)
+                token_embeds = learned.token_embeds(self.text_encoder, ids, where)
+            else:
+                ids = self.tokenize(missing)
+            ids = ids.to(self.device)
             mask = None
             if getattr(self.text_encoder.config, "use_attention_mask", False):
                 mask = (ids != self.pipe.tokenizer.pad_token_id).long()
-            embeds = self.text_encoder(ids, attention_mask=mask)[0].to(self.unet.dtype)
+            with override_token_embeddings(self.text_encoder, token_embeds):
+                embeds = self.text_encoder(ids, attention_mask=mask)[0].to(self.unet.dtype)
             for p, e in zip(missing, embeds):
-                self._cache[(key_model, p)] = e
+                self._cache[(id(self.text_encoder), learned.key(p))] = e
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-        for p in prompts:
-            self._cache.move_to_end((key_model, p))
-        return torch.stack([self._cache[(key_model, p)] for p in prompts])
+        for k in keys:
+            self._cache.move_to_end(k)
+        return torch.stack([self._cache[k] for k in keys])
 
     def _step_kwargs(self, scheduler) -> dict:
         params = set(inspect.signature(scheduler.step).parameters)

@@ -59,6 +59,11 @@ class EmbeddingDefense(Defense):
               prompts: list[str]) -> tuple[torch.Tensor, list[Decision]]:
         raise NotImplementedError
 
+    def differentiable(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """`apply`'s embeddings with gradients flowing through, for adaptive white-box attacks.
+        Defenses that are not differentiable return what `apply` returns."""
+        return self.apply(prompt_embeds, input_ids, [""] * len(prompt_embeds))[0]
+
     def negative_embeds(self, uncond_embeds: torch.Tensor, encode) -> torch.Tensor:
         """The embeddings used in place of the unconditional ones (unchanged by default)."""
         return uncond_embeds

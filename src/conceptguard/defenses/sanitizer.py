@@ -80,9 +80,15 @@ class SanitizerDefense(EmbeddingDefense):
 
     @torch.no_grad()
     def sanitize(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor, alpha: float | None = None):
+        return self._sanitize(prompt_embeds, input_ids, alpha)
+
+    def _sanitize(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor, alpha: float | None = None):
         mask = token_mask(input_ids, self.config["bos"], self.config["eos"]).to(prompt_embeds.device)
         out, s = self.sanitizer(prompt_embeds.float(), self.alpha if alpha is None else alpha, mask)
         return out.to(prompt_embeds.dtype), s * mask
+
+    def differentiable(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._sanitize(prompt_embeds, input_ids)[0]
 
     def apply(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor,
               prompts: list[str]) -> tuple[torch.Tensor, list[Decision]]:

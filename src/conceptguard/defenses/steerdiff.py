@@ -82,12 +82,20 @@ class SteerDiff(EmbeddingDefense):
     def steer(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor,
               eps: float | None = None) -> tuple[torch.Tensor, list[float]]:
         """Steered embeddings and each prompt's highest window score."""
+        return self._steer(prompt_embeds, input_ids, eps)
+
+    def differentiable(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Gradients flow through the steering map; which spans are flagged is a hard decision."""
+        return self._steer(prompt_embeds, input_ids)[0]
+
+    def _steer(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor,
+               eps: float | None = None) -> tuple[torch.Tensor, list[float]]:
         eps = self.eps if eps is None else eps
         hidden = prompt_embeds.float()
         moved = (1 - eps) * hidden + eps * self.steer_map(hidden)
         out = hidden.clone()
         tops = []
-        for b, spans in enumerate(self.span_scores(hidden, input_ids)):
+        for b, spans in enumerate(self.span_scores(hidden.detach(), input_ids)):
             flagged = [(i, j) for i, j, s in spans if s > self.threshold]
             tops.append(max((s for *_, s in spans), default=0.0))
             if not flagged:

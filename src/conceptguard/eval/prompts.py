@@ -15,6 +15,7 @@ import numpy as np
 
 from conceptguard.concepts import Concept
 from conceptguard.errors import InvalidInputError
+from conceptguard.learned_tokens import LearnedTokens
 
 MINIWORLD_SETS = ("unacceptable", "paraphrase", "acceptable")
 
@@ -30,10 +31,12 @@ class PromptSet:
     name: str
     concept: str
     items: tuple[PromptItem, ...]
+    tokens: LearnedTokens = field(default_factory=LearnedTokens)  # learned tokens the prompts use (CCE)
 
     @property
     def id(self) -> str:
-        blob = json.dumps([self.name, self.concept, [(i.text, i.expected) for i in self.items]], sort_keys=True)
+        blob = json.dumps([self.name, self.concept, [(i.text, i.expected) for i in self.items],
+                           self.tokens.fingerprint() if self.tokens else None], sort_keys=True)
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
     @property

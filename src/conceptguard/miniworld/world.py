@@ -268,3 +268,15 @@ def concept_prompts(concept: WorldConcept, which: Literal["direct", "indirect", 
             expected["background"] = bg
         out.append((d.render(prefix=str(rng.choice(PREFIXES))), expected))
     return out
+
+
+def caption_vocabulary(n: int = 4000, seed: int = 0) -> list[str]:
+    """Texts that cover the caption language the mini models were trained on (for token-search
+    attacks, which should search tokens the model has seen, not the untrained rest of the BPE)."""
+    from conceptguard.miniworld.scene import sample_scene
+
+    rng = np.random.default_rng(seed)
+    texts = [caption(sample_scene(rng, allow_heldout=True), rng) for _ in range(n)]
+    for c in CONCEPTS:
+        texts += [p.text for p in c.phrasings] + [c.acceptable.text, *c.acceptable_words]
+    return texts

@@ -1,0 +1,307 @@
+"""What every attack shares: the target it attacks, the result it stores, the budget it spends.
+
+An attack takes a concept and a target (a defense stack wrapped around the model, as a
+GuardedPipeline) and returns adversarial prompts -- text, or text with learned token
+embeddings (CCE) -- plus what finding them cost. Results are saved as an `adversarial-<attack>`
+prompt set, so they can be re-run on any defense (attacks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load_file, save_file
+
+from conceptguard.concepts import Concept
+from conceptguard.defenses.base import EmbeddingDefense, ImageFilter, PromptFilter
+from conceptguard.errors import InvalidInputError
+from conceptguard.learned_tokens import LearnedTokens
+
+Progress = Callable[[str, int, int], None]
+
+
+class Budget(BaseModel):
+    """An attack's budget. Subclasses give the paper's values as defaults and a `cpu()` preset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def cpu(cls) -> "Budget":
+        return cls()
+
+
+@dataclass
+class AttackResult:
+    """Adversarial prompts for one (attack, concept, target) and what finding them cost."""
+
+    attack: str
+    concept: str
+    target: str
+    prompts: list[str]
+    seconds: float = 0.0
+    queries: int = 0  # images the attack had the target generate (black-box cost)
+    iterations: int = 0  # optimisation steps or search generations
+    settings: dict = field(default_factory=dict)
+    tokens: LearnedTokens = field(default_factory=LearnedTokens)  # learned token embeddings (CCE)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.tokens:
+            save_file(self.tokens.tensors(), str(folder / "tokens.safetensors"))
+        meta = {k: getattr(self, k) for k in ("attack", "concept", "target", "prompts", "seconds", "queries",
+                                              "iterations", "settings")}
+        tmp = folder / "result.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(folder / "result.json")  # the result exists only once it is complete
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "AttackResult":
+        folder = Path(folder)
+        if not (folder / "result.json").is_file():
+            raise InvalidInputError(f"no attack result in {folder} (missing result.json)")
+        meta = json.loads((folder / "result.json").read_text())
+        tokens = LearnedTokens()
+        if (folder / "tokens.safetensors").is_file():
+            tokens = LearnedTokens.from_tensors(load_file(str(folder / "tokens.safetensors")))
+        return cls(**meta, tokens=tokens)
+
+    def prompt_set(self):
+        """The `adversarial-<attack>` prompt set: every prompt is meant to show the concept."""
+        from conceptguard.eval.prompts import PromptItem, PromptSet
+
+        return PromptSet(f"adversarial-{self.attack}", self.concept,
+                         tuple(PromptItem(p, {self.concept: True}) for p in self.prompts), self.tokens)
+
+    def cost(self) -> dict:
+        return {"attack": self.attack, "concept": self.concept, "target": self.target,
+                "seconds": round(self.seconds, 2), "queries": self.queries, "iterations": self.iterations,
+                "prompts": len(self.prompts)}
+
+
+class Attack:
+    """Base of every attack. `run` must be deterministic for a given seed."""
+
+    name: ClassVar[str] = "attack"
+    threat_model: ClassVar[str] = ""
+    # False: the result depends only on the concept and the model's (undefended) text side,
+    # so one run serves every target and the runner caches it per concept.
+    target_dependent: ClassVar[bool] = True
+    budget_type: ClassVar[type[Budget]] = Budget
+
+    def __init__(self, budget: Budget | None = None, adaptive: bool = False) -> None:
+        self.budget = budget or self.budget_type()
+        self.adaptive = adaptive
+
+    @property
+    def label(self) -> str:
+        """The registry name: "+" marks the adaptive form."""
+        return self.name + ("+" if self.adaptive and not self.name.endswith("+") else "")
+
+    def cache_name(self, target: "AttackTarget") -> str:
+        """Folder name of this attack's result for `target`: results that cannot differ share one.
+
+        A target-independent attack is run once per concept; an adaptive form on a target with
+        nothing to adapt to (no embedding defense, no image filter) is the plain form.
+        """
+        name = self.label
+        if self.adaptive and not (target.embedding_defenses or target.image_filters):
+            name = self.name
+        independent = not self.target_dependent and not target.defenses(PromptFilter)
+        scope = "any" if independent else target.stack  # filter-aware searches avoid blocked tokens
+        return f"{name}-{target.concept.name}-{scope}"
+
+    def run(self, target: "AttackTarget", n: int, seed: int = 0) -> AttackResult:
+        """n adversarial prompts for target.concept, found against target."""
+        t0 = time.perf_counter()
+        result = self.attack(target, n, seed)
+        result.seconds = time.perf_counter() - t0
+        result.settings = {"budget": self.budget.model_dump(), "seed": seed, "threat_model": self.threat_model,
+                           **result.settings}
+        return result
+
+    def attack(self, target: "AttackTarget", n: int, seed: int) -> AttackResult:
+        raise NotImplementedError
+
+    def result(self, target: "AttackTarget", prompts: list[str], **kwargs) -> AttackResult:
+        return AttackResult(self.label, target.concept.name, target.stack, prompts, **kwargs)
+
+
+class AttackTarget:
+    """The defended system as an attacker sees it: the guard stack and its components.
+
+    White-box attacks read `unet`, `text_encoder` and the embedding defenses (`condition`);
+    black-box attacks only call `generate`, which counts queries.
+    """
+
+    def __init__(self, guard, concept: Concept, stack: str = "none", embedder=None,
+                 progress: Progress | None = None) -> None:
+        self.guard, self.concept, self.stack = guard, concept, stack
+        self.pipe = guard.pipe
+        self._embedder = embedder
+        self.progress = progress
+        self.queries = 0
+
+    # ------------------------------------------------------------------ components
+    @property
+    def unet(self):
+        return self.guard.unet
+
+    @property
+    def text_encoder(self):
+        return self.guard.text_encoder
+
+    @property
+    def tokenizer(self):
+        return self.pipe.tokenizer
+
+    @property
+    def embedder(self):
+        """The attacker's CLIP (the mini CLIP in the mini world; its text tower is SD's text encoder)."""
+        if self._embedder is None:
+            from conceptguard.models import ClipEmbedder, load_clip
+
+            self._embedder = ClipEmbedder(*load_clip())
+        return self._embedder
+
+    @property
+    def is_miniworld(self) -> bool:
+        from conceptguard.miniworld.world import CONCEPT_BY_NAME
+
+        return self.concept.name in CONCEPT_BY_NAME
+
+    def defenses(self, kind: type) -> list:
+        return self.guard.of_kind(kind)
+
+    @property
+    def embedding_defenses(self) -> list[EmbeddingDefense]:
+        return self.defenses(EmbeddingDefense)
+
+    @property
+    def image_filters(self) -> list[ImageFilter]:
+        return self.defenses(ImageFilter)
+
+    def report(self, what: str, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(f"{what} {self.concept.name} @ {self.stack}", done, total)
+
+    # ------------------------------------------------------------------ text side
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return self.guard.tokenize(prompts)
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """The text encoder's input token embeddings [B, 77, d] for token ids."""
+        return self.text_encoder.get_input_embeddings()(ids)
+
+    def encode(self, ids: torch.Tensor, token_embeds: torch.Tensor | None = None, defended: bool = True) -> torch.Tensor:
+        """Conditioning [B, 77, d] the UNet sees, differentiable in `token_embeds`.
+
+        With `defended`, the target's embedding defenses are applied (through their
+        differentiable form, so white-box attacks can be adaptive to them).
+        """
+        from conceptguard.learned_tokens import override_token_embeddings
+
+        with override_token_embeddings(self.text_encoder, token_embeds):
+            hidden = self.text_encoder(ids.to(self.unet.device))[0]
+        if defended:
+            for d in self.embedding_defenses:
+                hidden = d.differentiable(hidden, ids)
+        return hidden
+
+    def uncond(self, batch: int) -> torch.Tensor:
+        """The unconditional embeddings the guard would use (embedding defenses may change them)."""
+        with torch.no_grad():
+            u = self.guard.encode([""] * batch)
+            for d in self.embedding_defenses:
+                u = d.negative_embeds(u, self.guard.encode)
+        return u
+
+    def allowed(self, prompts: list[str]) -> list[bool]:
+        """Whether the target's prompt filters let each prompt through (what a black-box user sees)."""
+        ok = [True] * len(prompts)
+        for f in self.defenses(PromptFilter):
+            ok = [a and not d.blocked for a, d in zip(ok, f.check(prompts))]
+        return ok
+
+    def strip_blocked(self, prompt: str) -> str:
+        """The prompt without the words the target's prompt filters block (filter-aware attacks)."""
+        kept = [w for w in prompt.split() if self.allowed([w])[0]]
+        while kept and not self.allowed([" ".join(kept)])[0]:  # a blocked multi-word phrase
+            trials = [kept[:i] + kept[i + 1:] for i in range(len(kept))]
+            kept = next((t for t in trials if self.allowed([" ".join(t)])[0]), kept[:-1])
+        return " ".join(kept)
+
+    @cached_property
+    def vocabulary(self) -> torch.Tensor:
+        """Candidate token ids for token-search attacks: the model's trained vocabulary (the mini
+        world's caption language; every token but the special ones for real models), without
+        tokens the target's prompt filters block."""
+        tok = self.tokenizer
+        special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
+        if self.is_miniworld:
+            from conceptguard.miniworld.world import caption_vocabulary
+
+            ids = sorted({i for text in caption_vocabulary() for i in tok(text).input_ids} - special)
+        else:
+            ids = [i for i in range(len(tok)) if i not in special]
+        words = [tok.decode([i]).strip() for i in ids]
+        ok = self.allowed(words)
+        return torch.tensor([i for i, w, a in zip(ids, words, ok) if a and w], dtype=torch.long)
+
+    # ------------------------------------------------------------------ prompts and images
+    def seed_prompts(self, n: int, seed: int = 0) -> list[str]:
+        """n prompts that ask for the concept directly (the `unacceptable` set's phrasing)."""
+        if self.is_miniworld:
+            from conceptguard.eval.prompts import miniworld_set
+
+            return miniworld_set(self.concept.name, "unacceptable", n, seed=seed).prompts
+        from conceptguard.eval.prompts import REAL_TEMPLATES
+
+        rng = np.random.default_rng(seed)
+        return [t.format(self.concept.c_u) for t in rng.choice(REAL_TEMPLATES, n)]
+
+    def concept_images(self, n: int, seed: int = 0) -> list[Image.Image]:
+        """n images that show the concept: renders in the mini world; images of the undefended
+        model for c_u prompts otherwise (what UnlearnDiffAtk and CCE start from)."""
+        if self.is_miniworld:
+            from conceptguard.miniworld.gates import concept_images
+            from conceptguard.miniworld.world import CONCEPT_BY_NAME
+
+            images, present = concept_images(CONCEPT_BY_NAME[self.concept.name], 2 * n, seed=seed)
+            return [Image.fromarray(im) for im in images[present][:n]]
+        from conceptguard.generation import generate
+
+        return generate(self.pipe, self.seed_prompts(n, seed), [seed + i for i in range(n)])
+
+    def image_latents(self, images: list[Image.Image]) -> torch.Tensor:
+        """VAE latents (scaled) of images, as the UNet is trained on them."""
+        vae = self.pipe.vae
+        pixels = self.pipe.image_processor.preprocess(images).to(vae.device, vae.dtype)
+        with torch.no_grad():
+            return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+
+    def generate(self, prompts: list[str], seeds: list[int], steps: int = 25, guidance: float = 7.5,
+                 tokens: LearnedTokens | None = None):
+        """Black-box query: the guard's images and records. Counts toward the attack's cost."""
+        self.queries += len(prompts)
+        previous = self.guard.learned_tokens
+        self.guard.learned_tokens = tokens or LearnedTokens()
+        try:
+            return self.guard(prompts, seed=seeds, num_inference_steps=steps, guidance_scale=guidance)
+        finally:
+            self.guard.learned_tokens = previous
+
+    def p_unacceptable(self, images: list[Image.Image]) -> np.ndarray:
+        """The attacker's own CLIP estimate that each image shows c_u rather than c_a."""
+        e = self.embedder
+        text = e.texts([self.concept.c_u, self.concept.c_a])
+        return torch.softmax(e.logit_scale * e.images(images) @ text.T, -1)[:, 0].numpy()
