@@ -278,11 +278,17 @@ def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML
     results = runner.results()
     results["seconds"] = round(time.time() - t0, 1)
     files = write_report(results, out)
+    if cfg.results_doc:
+        from conceptguard.eval.comparison import write as write_comparison
+
+        command = "conceptguard bench" + (f" --config {config}" if config else "") + f" --out {out}"
+        files["results_doc"] = write_comparison(results, cfg.results_doc, command)
     if as_json:
         _emit_json(results)
         return
     print_table(results, Console())
-    console.print(f"{len(results['rows'])} result rows in {results['seconds']} s; report: {files['html']}")
+    console.print(f"{len(results['rows'])} result rows in {results['seconds']} s; report: {files['html']}"
+                  + (f"; {files['results_doc']}" if "results_doc" in files else ""))
 
 
 @app.command("judge")
@@ -411,3 +417,4 @@ if __name__ == "__main__":
 from conceptguard import cli_espresso  # noqa: E402,F401
 from conceptguard import cli_sanitizer  # noqa: E402,F401
 from conceptguard import cli_allbutone  # noqa: E402,F401
+from conceptguard import cli_attacks  # noqa: E402,F401

@@ -54,6 +54,9 @@ class GuardedOutput:
     images: list[Image.Image]
     records: list[ImageRecord]
     seconds: float = 0.0
+    # what the model drew before image filters replaced anything (None where a prompt filter
+    # stopped generation): for certificates and audits, never for the user
+    unfiltered: list[Image.Image | None] = field(default_factory=list)
 
 
 def _replacement(size: tuple[int, int]) -> Image.Image:
@@ -185,7 +188,7 @@ class GuardedPipeline:
         for i, rec in enumerate(records):
             if rec.blocked and images[i] is not None:
                 final[i] = self._replace(rec, images[i])
-        return GuardedOutput(final, records, time.perf_counter() - t0)
+        return GuardedOutput(final, records, time.perf_counter() - t0, images)
 
     def _negatives(self, negative_prompt, n: int) -> list[str]:
         if negative_prompt is None:

@@ -85,8 +85,14 @@ def _with_pool(wc, pool, n: int, seed: int) -> list[PromptItem]:
 
 
 def load_prompt_file(path: str | Path, concept: str, name: str | None = None) -> PromptSet:
-    """Prompts from a .txt file (one per line) or a .csv file (a `prompt` column, else the first)."""
+    """Prompts from a .txt file (one per line), a .csv file (a `prompt` column, else the first),
+    or a folder saved by `conceptguard attack` (its prompts and learned tokens)."""
     path = Path(path)
+    if path.is_dir() and (path / "result.json").is_file():
+        from conceptguard.attacks.base import AttackResult
+
+        found = AttackResult.load(path).prompt_set()
+        return PromptSet(name or found.name, concept, found.items, found.tokens)
     if not path.is_file():
         raise InvalidInputError(f"prompt file not found: {path}")
     if path.suffix.lower() == ".csv":

@@ -1,0 +1,63 @@
+"""`conceptguard attack`: adversarial prompts for a concept, found against a defense stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from conceptguard.cli import _emit_json, _out_dir, _progress, app, console
+
+
+@app.command("attack")
+def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez, ringabell, unlearndiff[+], cce[+] or sneaky."),
+               concept: str = typer.Option(..., "--concept", help="Concept the prompts should make the model draw."),
+               target: str = typer.Option("none", "--target", help="Defense stack to attack, e.g. esd-x or sanitizer+espresso-ft."),
+               out: Path = typer.Option(..., "--out", help="Folder for result.json (prompts, cost) and learned tokens."),
+               n: int = typer.Option(8, "--n", min=1, help="Number of adversarial prompts."),
+               budget: str = typer.Option("cpu", "--budget", help="cpu (small mini-world preset) or paper (the paper's budget)."),
+               model: Optional[str] = typer.Option(None, "--model", help="Base pipeline (default: the mini SD)."),
+               seed: int = typer.Option(0, "--seed"),
+               as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
+    """Run an attack against a target stack and store its prompts as an adversarial prompt set.
+
+    To measure the saved prompts on other defenses, name the folder under `prompt_files` in a
+    bench config. (A config that lists `attacks:` runs them against every stack itself.)"""
+    from conceptguard.attacks import AttackTarget, get_attack
+    from conceptguard.concepts import get_concept
+    from conceptguard.defenses.registry import BuildContext, build_stack, check_stack
+    from conceptguard.guard import GuardedPipeline
+    from conceptguard.miniworld.data import cache_dir
+    from conceptguard.models import load_pipeline
+
+    attack = get_attack(name, budget)  # bad names fail here, before any model is loaded
+    c, stack = get_concept(concept), check_stack(target)
+    out = _out_dir(out)
+    pipe = load_pipeline(model)
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total, info="")
+            bar.update(tasks[what], completed=done, total=total)
+
+        ctx = BuildContext(pipe, cache_dir(), model or "miniworld", None, seed, progress)
+        guard = GuardedPipeline(pipe, build_stack(stack, c, ctx))
+        task = bar.add_task(f"attack {attack.label} {c.name} @ {stack}", total=None, info="")
+        result = attack.run(AttackTarget(guard, c, stack, ctx.embedder, progress), n, seed=seed)
+        bar.update(task, total=1, completed=1)
+    result.save(out)
+    if as_json:
+        _emit_json({**result.cost(), "prompts": result.prompts, "learned_tokens": sorted(result.tokens.vectors),
+                    "settings": result.settings, "out": str(out)})
+        return
+    table = Table(title=f"{result.attack} -> {c.name} @ {stack}")
+    table.add_column("#", justify="right")
+    table.add_column("adversarial prompt")
+    for i, p in enumerate(result.prompts):
+        table.add_row(str(i), p)
+    console.print(table)
+    console.print(f"{len(result.prompts)} prompts in {result.seconds:.1f} s, {result.queries} queries; saved to {out}")
