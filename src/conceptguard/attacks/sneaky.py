@@ -5,7 +5,8 @@ The paper trains a small RL policy over tokens; here the same ingredients drive 
 bandit/beam search (attacks.md allows a "-style" search):
 
 1. Start: query every base prompt (`target.seed_prompts`) once. A prompt whose image is not
-   blocked and already shows the concept (reward >= `threshold`) is kept as it is.
+   blocked and already shows the concept (reward >= `threshold`, on `confirm` noise seeds) is
+   kept as it is.
 2. Sensitive words: the words the target's prompt filters block plus the words of the concept's
    own phrasings (the attacker knows what it asks for). They are cut out and replaced, in one
    slot, by a substitute of 1..`max_tokens` tokens from `target.vocabulary`.
@@ -18,8 +19,11 @@ bandit/beam search (attacks.md allows a "-style" search):
    concept (`target.p_unacceptable`) when the target did not block it, 0 when it did. Tokens
    earn credit from the rewards of the candidates they were in, and that credit re-ranks the
    untried candidates (the policy update), so substitutes sharing tokens with rewarded ones
-   are tried next.
-   A prompt stops at `threshold` or when its `queries` are spent.
+   are tried next. A candidate that reaches `threshold` is re-queried on fresh noise until it
+   has `confirm` rewards (the CPU preset asks for 2, so one lucky seed does not end the search);
+   a prompt stops when a candidate's mean reward over `confirm` seeds reaches `threshold`, or
+   when its `queries` are spent. The output is the candidate with the best mean reward, seeds
+   not yet tried counting as 0.
 
 Every query is one generated (or blocked) image and is counted by the target; the oracle is
 never consulted.
@@ -45,13 +49,14 @@ class SneakyBudget(Budget):
     threshold: float = 0.95  # reward that ends a prompt's search
     max_tokens: int = 3  # tokens in a substitute
     pool: int = 24  # best single tokens combined into multi-token substitutes
+    candidates: int = 4096  # single tokens ranked per prompt (a random subset of a larger vocabulary)
     credit: float = 1.0  # weight of the learned token credit against the offline rank
     confirm: int = 1  # noise seeds a candidate must reach `threshold` on before the search stops
     guidance: float = 7.5
 
     @classmethod
     def cpu(cls) -> "SneakyBudget":
-        """Mini world: 10 queries per prompt at 10 steps (about 0.2 s per image on a CPU core)."""
+        """Mini world: 12 queries per prompt at 10 steps (about 0.2 s per image on a CPU core)."""
         return cls(queries=12, beam=3, steps=10, max_tokens=2, pool=12, confirm=2)
 
 
@@ -180,7 +185,10 @@ class SneakyPrompt(Attack):
     def _add_substitutes(self, target: AttackTarget, st: "_Search", base: str, rng: np.random.Generator) -> None:
         budget: SneakyBudget = self.budget  # type: ignore[assignment]
         parts = self.split(target, base)
-        texts, prior, subs = self._rank(target, base, parts, [(k,) for k in range(st.credit.size)])
+        singles = np.arange(st.credit.size)
+        if singles.size > budget.candidates:  # real tokenizers: rank a random subset offline
+            singles = np.sort(rng.choice(singles, budget.candidates, replace=False))
+        texts, prior, subs = self._rank(target, base, parts, [(int(k),) for k in singles])
         if budget.max_tokens > 1 and len(subs):
             top = [subs[k][0] for k in np.argsort(-prior, kind="stable")[:budget.pool]]
             t2, p2, s2 = self._rank(target, base, parts, self._combine(top, budget.max_tokens, rng))
