@@ -43,14 +43,14 @@ def zorbo_blocklist(pipe):
 def _ringabell(**kw):
     from conceptguard.attacks.ringabell import RingABell, RingABellBudget
 
-    settings = dict(length=4, population=12, generations=4, elite=2, positions=24, append=True, pairs=8)
+    settings = {"length": 4, "population": 12, "generations": 4, "elite": 2, "positions": 24, "append": True, "pairs": 8}
     return RingABell(RingABellBudget(**{**settings, **kw}))
 
 
 def _sneaky(**kw):
     from conceptguard.attacks.sneaky import SneakyBudget, SneakyPrompt
 
-    settings = dict(queries=4, beam=2, steps=2, max_tokens=2, pool=4, confirm=1, threshold=0.9)
+    settings = {"queries": 4, "beam": 2, "steps": 2, "max_tokens": 2, "pool": 4, "confirm": 1, "threshold": 0.9}
     return SneakyPrompt(SneakyBudget(**{**settings, **kw}))
 
 
@@ -110,7 +110,7 @@ def test_concept_vector_points_from_the_acceptable_counterpart_to_the_concept(bu
     v = attack.concept_vector(t).flatten()
     shift = (attack._encode(t, ["a red circle blazing"]) - attack._encode(t, ["a red circle calm"])).flatten()
     unrelated = (attack._encode(t, ["a red circle striped"]) - attack._encode(t, ["a red circle calm"])).flatten()
-    cos = lambda a, b: float((a @ b) / (a.norm() * b.norm()))  # noqa: E731
+    cos = lambda a, b: float((a @ b) / (a.norm() * b.norm()))
     assert cos(v, shift) > cos(v, unrelated)
 
 

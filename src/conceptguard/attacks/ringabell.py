@@ -43,7 +43,7 @@ class RingABellBudget(Budget):
     patience: int = 0  # stop after this many generations without improvement (0: never)
 
     @classmethod
-    def cpu(cls) -> "RingABellBudget":
+    def cpu(cls) -> RingABellBudget:
         """Mini world: a short suffix to the stripped prompt, a small population, few generations;
         a few seconds per concept on a CPU."""
         return cls(length=8, eta=3.0, population=24, generations=16, elite=4, append=True, positions=24,

@@ -55,7 +55,7 @@ class SneakyBudget(Budget):
     guidance: float = 7.5
 
     @classmethod
-    def cpu(cls) -> "SneakyBudget":
+    def cpu(cls) -> SneakyBudget:
         """Mini world: 12 queries per prompt at 10 steps (about 0.2 s per image on a CPU core)."""
         return cls(queries=12, beam=3, steps=10, max_tokens=2, pool=12, confirm=2)
 
@@ -169,7 +169,7 @@ class SneakyPrompt(Attack):
                            "queries_per_prompt": [st.used for st in states]}
         return result
 
-    def _query(self, target: AttackTarget, states: list["_Search"], picks: list[tuple[int, int]], seed: int) -> None:
+    def _query(self, target: AttackTarget, states: list[_Search], picks: list[tuple[int, int]], seed: int) -> None:
         """One batched black-box query: each (prompt i, candidate j) on its next noise seed."""
         budget: SneakyBudget = self.budget  # type: ignore[assignment]
         prompts = [states[i].texts[j] for i, j in picks]
@@ -182,7 +182,7 @@ class SneakyPrompt(Attack):
         for (i, j), r in zip(picks, reward):
             states[i].record(j, float(r))
 
-    def _add_substitutes(self, target: AttackTarget, st: "_Search", base: str, rng: np.random.Generator) -> None:
+    def _add_substitutes(self, target: AttackTarget, st: _Search, base: str, rng: np.random.Generator) -> None:
         budget: SneakyBudget = self.budget  # type: ignore[assignment]
         parts = self.split(target, base)
         singles = np.arange(st.credit.size)
