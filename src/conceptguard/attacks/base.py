@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 
 from conceptguard.concepts import Concept
-from conceptguard.defenses.base import EmbeddingDefense, ImageFilter, PromptFilter
+from conceptguard.defenses.base import EmbeddingDefense, ImageFilter, ModelEdit, PromptFilter
 from conceptguard.errors import InvalidInputError
 from conceptguard.learned_tokens import LearnedTokens
 
@@ -96,6 +96,9 @@ class Attack:
     # False: the result depends only on the concept and the model's (undefended) text side,
     # so one run serves every target and the runner caches it per concept.
     target_dependent: ClassVar[bool] = True
+    # True: the plain form reads only the (possibly edited) UNet and the text encoder, not the
+    # embedding defenses or image filters, so targets that share weights share its result
+    whitebox: ClassVar[bool] = False
     budget_type: ClassVar[type[Budget]] = Budget
 
     def __init__(self, budget: Budget | None = None, adaptive: bool = False) -> None:
@@ -110,14 +113,20 @@ class Attack:
     def cache_name(self, target: "AttackTarget") -> str:
         """Folder name of this attack's result for `target`: results that cannot differ share one.
 
-        A target-independent attack is run once per concept; an adaptive form on a target with
-        nothing to adapt to (no embedding defense, no image filter) is the plain form.
+        A target-independent attack is run once per concept (per prompt filter); a plain
+        white-box attack sees only the model's weights, so it is run once per model edit; an
+        adaptive form on a target with nothing to adapt to (no embedding defense, no image
+        filter) is the plain form.
         """
         name = self.label
         if self.adaptive and not (target.embedding_defenses or target.image_filters):
             name = self.name
-        independent = not self.target_dependent and not target.defenses(PromptFilter)
-        scope = "any" if independent else target.stack  # filter-aware searches avoid blocked tokens
+        seen = target.defenses(PromptFilter)  # filter-aware searches avoid blocked tokens
+        if self.target_dependent and self.whitebox and name == self.name:
+            seen = seen + target.defenses(ModelEdit)  # a plain white-box attack reads the weights only
+        elif self.target_dependent:
+            return f"{name}-{target.concept.name}-{target.stack}"
+        scope = "+".join(d.name for d in seen) or "any"
         return f"{name}-{target.concept.name}-{scope}"
 
     def run(self, target: "AttackTarget", n: int, seed: int = 0) -> AttackResult:
