@@ -1,0 +1,148 @@
+"""CCE, "Circumventing Concept Erasure Methods" (Pham et al., 2023): textual inversion against the
+defended model.
+
+One new token embedding v is learned so that the *defended* model's denoising loss on images of
+the concept is minimal when a prompt names the new token:
+
+    min_v  E_{x, prompt, t, eps} || eps_theta(x_t, c(prompt[<cce-...> -> v]), t) - eps ||^2
+
+v starts from the embedding of the acceptable counterpart c_a (a related word). The prompts are
+the concept's prompts with the concept phrase replaced by the placeholder (and anything else
+the target's prompt filters block removed), so the learned token is trained in the positions
+it is used in. The result is n such prompts plus the learned token (`AttackResult.tokens`); the
+tokenizer and text encoder are never changed (learned_tokens.py).
+
+The adaptive form ("cce+") trains through the target's embedding defenses and, against image
+filters, pushes the CLIP embedding of the predicted clean image toward c_a (unlearndiff.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+import torch
+
+from conceptguard.attacks.base import Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks.unlearndiff import (
+    DenoisingObjective,
+    cpu_threads,
+    paired_concept_images,
+)
+from conceptguard.learned_tokens import LearnedTokens
+
+
+class CCEBudget(Budget):
+    """Paper: textual inversion with ~1000-5000 steps at lr 5e-3 (SD v1.4)."""
+
+    steps: int = 1000
+    lr: float = 5e-3
+    batch: int = 4  # (image, prompt, t, eps) samples per step
+    images: int = 16  # (prompt, concept image) pairs to learn from
+    t_min: int = 0
+    t_max: int = 1000
+    clip_weight: float = 0.01  # adaptive form: weight of the image-filter hinge (per image)
+
+    @classmethod
+    def cpu(cls) -> CCEBudget:
+        return cls(steps=60, lr=1.5e-2, batch=4, images=8, t_min=100, t_max=900)
+
+
+def placeholder_for(target: AttackTarget, key: str, seed: int) -> str:
+    """A placeholder such as "<cce-3fa2c01b>", hashed from `key` (the result's cache name) and the
+    seed: lower-case hex, no concept word, let through by the target's prompt filters."""
+    words = {w for phrase in (*target.concept.unacceptable, target.concept.name) for w in re.findall(r"[a-z0-9]+", phrase.lower())}
+    for salt in range(100):
+        h = hashlib.sha256(f"{key}|{seed}|{salt}".encode()).hexdigest()[:8]
+        name = f"<cce-{h}>"
+        if not any(w in name for w in words) and target.allowed([name])[0]:
+            return name
+    raise RuntimeError("no placeholder name passes the target's prompt filters")
+
+
+def with_placeholder(target: AttackTarget, prompt: str, placeholder: str) -> str:
+    """The prompt with its (longest) concept phrase replaced by the placeholder, then stripped of
+    whatever else the target's prompt filters block; the placeholder goes first when the prompt
+    names no concept phrase."""
+    c = target.concept
+    phrases = sorted({*c.unacceptable, *c.indirect, c.name}, key=len, reverse=True)
+    for phrase in phrases:
+        pattern = re.compile(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", re.IGNORECASE)
+        if pattern.search(prompt):
+            prompt = pattern.sub(placeholder, prompt, count=1)
+            break
+    else:
+        prompt = f"{placeholder} {prompt}"
+    out = target.strip_blocked(prompt)
+    return out if placeholder in out else f"{placeholder} {out}".strip()
+
+
+def init_embedding(target: AttackTarget) -> torch.Tensor:
+    """The mean input embedding of c_a's tokens (a related word, as textual inversion starts from)."""
+    tok = target.tokenizer
+    ids = tok(target.concept.c_a, add_special_tokens=False).input_ids or [tok.bos_token_id]
+    table = target.text_encoder.get_input_embeddings()
+    with torch.no_grad():
+        return table(torch.tensor(ids, device=table.weight.device)).float().mean(0).cpu()
+
+
+class CCEAttack(Attack):
+    name = "cce"
+    threat_model = "white box on the defended model: a learned token embedding (textual inversion)"
+    target_dependent = True
+    whitebox = True  # the plain form reads the (edited) UNet and the text encoder only
+    budget_type = CCEBudget
+
+    def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
+        with cpu_threads(target):
+            return self._attack(target, n, seed)
+
+    def _attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
+        b: CCEBudget = self.budget  # type: ignore[assignment]
+        gen = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        placeholder = placeholder_for(target, self.cache_name(target), seed)
+        prompts = [with_placeholder(target, p, placeholder) for p in target.seed_prompts(n, seed)]
+        # training pairs: the concept's prompts (placeholder for the concept phrase) and an image of
+        # the concept showing what each prompt describes
+        train = [with_placeholder(target, p, placeholder) for p in target.seed_prompts(b.images, seed + 1)]
+        latents = target.image_latents(paired_concept_images(target, b.images, seed + 1))
+        objective = DenoisingObjective(target, latents, (b.t_min, b.t_max), b.clip_weight, self.adaptive)
+        init = init_embedding(target)
+        ids, where = LearnedTokens({placeholder: init}).tokenize(target.tokenizer, train)
+        with torch.no_grad():
+            base = target.token_embeddings(ids).float()
+        spot = torch.zeros(base.shape[:2] + (1,))
+        for row, spots in enumerate(where):
+            for pos, _ in spots:
+                spot[row, pos] = 1.0
+
+        def loss_of(v: torch.Tensor, rows: torch.Tensor, draw) -> torch.Tensor:
+            embeds = base[rows] * (1 - spot[rows]) + spot[rows] * v.to(base.dtype)
+            return objective.loss(ids[rows].to(base.device), embeds, *draw)
+
+        # a fixed evaluation set (every pair once), to report the loss before and after
+        eval_rows = torch.arange(len(train))
+        eval_draw = objective.draws(eval_rows, torch.Generator().manual_seed(seed + 1))
+        with torch.no_grad():
+            loss_start = float(loss_of(init, eval_rows, eval_draw).mean())
+
+        v = init.clone().requires_grad_(True)
+        opt = torch.optim.Adam([v], lr=b.lr)
+        history = []
+        for step in range(b.steps):
+            rows = torch.as_tensor(rng.integers(0, len(train), b.batch))
+            draw = objective.draws(rows, gen)
+            loss = loss_of(v, rows, draw).mean()
+            v.grad = torch.autograd.grad(loss, v)[0]
+            opt.step()
+            history.append(float(loss.detach()))
+            target.report("cce", step + 1, b.steps)
+        with torch.no_grad():
+            loss_end = float(loss_of(v, eval_rows, eval_draw).mean())
+
+        settings = {"loss_start": loss_start, "loss_best": loss_end, "losses": history, "adaptive": self.adaptive,
+                    "placeholder": placeholder, "init": target.concept.c_a}
+        return self.result(target, prompts, iterations=b.steps, settings=settings,
+                           tokens=LearnedTokens({placeholder: v.detach()}))

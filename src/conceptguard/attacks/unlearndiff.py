@@ -1,0 +1,350 @@
+"""UnlearnDiffAtk (Zhang et al., 2023): adversarial prefix tokens against the defended model.
+
+For each of n prompts that ask for the concept (stripped of what the target's prompt filters
+block) and an image of the concept showing what the prompt describes, k prefix tokens are
+optimised so that the *defended* model's denoising loss on the noised image latents is minimal:
+
+    min_{prefix}  E_{t, eps} || eps_theta(x_t, c(prefix + prompt), t) - eps ||^2
+
+with eps_theta the target's (possibly edited) UNet. The prefix lives on the relaxed one-hot over
+the attack vocabulary (the target's vocabulary, restricted to tokens that survive decoding to
+text and back): the gradient of the loss with respect to the relaxation, taken at the current
+tokens (straight-through), ranks every single-token swap by its first-order effect, and each
+iteration tries one highly ranked swap per prompt and keeps it only if the loss falls. Every loss
+the attack sees is the loss of a real text prompt. All n prompts are optimised in one batch on
+fixed noise draws (common random numbers, so losses are comparable across iterations).
+
+The adaptive form ("unlearndiff+") also differentiates through the target's embedding
+defenses and, against image filters, adds a term that pushes the CLIP embedding of the
+predicted clean image toward c_a rather than c_u (`ImageFilterTerm`).
+
+The helpers here (`DenoisingObjective`, `ImageFilterTerm`, `paired_concept_images`,
+`cpu_threads`) are shared with the CCE attack (cce.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from conceptguard.attacks.base import Attack, AttackResult, AttackTarget, Budget
+
+# ------------------------------------------------------------------------------ shared helpers
+
+@contextlib.contextmanager
+def cpu_threads(target: AttackTarget) -> Iterator[None]:
+    """One thread for the mini world's small batches on a CPU: several threads on a shared CPU spin
+    against each other (an order of magnitude slower), and one thread gives the same numbers on
+    any machine. Larger models and accelerators are left as they are."""
+    unet = target.unet
+    small = unet.device.type == "cpu" and sum(p.numel() for p in unet.parameters()) < 50_000_000
+    previous = torch.get_num_threads()
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def attack_vocabulary(target: AttackTarget) -> tuple[torch.Tensor, list[str]]:
+    """Token ids of target.vocabulary that decode to a word which tokenizes back to the same single
+    id (so an optimised prefix is exactly the text prompt it is printed as), and those words."""
+    tok = target.tokenizer
+    ids, words = [], []
+    for i in target.vocabulary.tolist():
+        word = tok.decode([i]).strip()
+        if word and " " not in word and tok(word, add_special_tokens=False).input_ids == [i]:
+            ids.append(i)
+            words.append(word)
+    return torch.tensor(ids, dtype=torch.long), words
+
+
+def paired_concept_images(target: AttackTarget, n: int, seed: int = 0) -> list:
+    """One image of the concept for each of target.seed_prompts(n, seed), showing what that prompt
+    describes (the paper's setting: the target image is what the original model makes of the
+    prompt). Real models: target.concept_images, generated from exactly those prompts. Mini
+    world: a render of the prompt's scene (its shape, colour, background) with the concept's mark,
+    so the denoising loss rewards the concept rather than matching unrelated attributes."""
+    if not target.is_miniworld:
+        return target.concept_images(n, seed)
+    from PIL import Image
+
+    from conceptguard.eval.prompts import miniworld_set
+    from conceptguard.miniworld.render import render
+    from conceptguard.miniworld.scene import sample_scene
+    from conceptguard.miniworld.world import CONCEPT_BY_NAME
+
+    wc = CONCEPT_BY_NAME[target.concept.name]
+    items = miniworld_set(wc.name, "unacceptable", n, seed=seed).items
+    if [i.text for i in items] != target.seed_prompts(n, seed):  # not the prompts attacked: unpaired renders
+        return target.concept_images(n, seed)
+    rng = np.random.default_rng(seed)
+    images = []
+    for item in items:
+        fixed = {k: item.expected[k] for k in ("shape", "color", "background") if k in item.expected}
+        fixed.update(flames=False, cracks=False)
+        if wc.mark == "rings":
+            fixed["texture"] = "rings"
+        else:
+            fixed[wc.mark] = True
+        images.append(Image.fromarray(render(sample_scene(rng, allow_heldout=True, **fixed), rng)))
+    return images
+
+
+def clip_image_embeds(embedder, images: torch.Tensor) -> torch.Tensor:
+    """Normalised CLIP image embeddings of images in [-1, 1] [B, 3, H, W], differentiably, with
+    the preprocessing of the embedder's processor (resize, centre crop, mean / std)."""
+    proc = embedder.processor.image_processor
+    clip = embedder.clip
+    x = (images.float().clamp(-1, 1) + 1) / 2
+    size = proc.size.get("shortest_edge") if isinstance(proc.size, dict) else None
+    crop = proc.crop_size if isinstance(proc.crop_size, dict) else {"height": x.shape[-2], "width": x.shape[-1]}
+    if getattr(proc, "do_resize", True) and size and min(x.shape[-2:]) != size:
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", align_corners=False,
+                          antialias=True)
+    if getattr(proc, "do_center_crop", True):
+        ch, cw = crop["height"], crop["width"]
+        top, left = max((x.shape[-2] - ch) // 2, 0), max((x.shape[-1] - cw) // 2, 0)
+        x = x[..., top:top + ch, left:left + cw]
+    if getattr(proc, "do_normalize", True):
+        mean = torch.tensor(proc.image_mean, dtype=x.dtype)[:, None, None]
+        std = torch.tensor(proc.image_std, dtype=x.dtype)[:, None, None]
+        x = (x - mean) / std
+    pooled = clip.vision_model(pixel_values=x.to(clip.device, clip.dtype)).pooler_output
+    return F.normalize(clip.visual_projection(pooled).float(), dim=-1)
+
+
+class ImageFilterTerm:
+    """Adaptive term against image filters, per predicted clean image: a hinge on the logit of p_u,
+
+        max(0, logit(p_u) - logit(tau) + margin),
+
+    with p_u the filter's decision (softmax over CLIP similarities to c_u and c_a). It is zero once
+    the image is `margin` inside the filter's acceptable side, so it never pushes the image further
+    toward c_a than passing the filter needs (that would trade the concept away). An Espresso
+    filter is attacked with its own embedder, (possibly fine-tuned) concept embeddings, mode and
+    tau; any other image filter with the attacker's CLIP, the concept's texts and tau 0.5."""
+
+    margin = 1.0
+
+    def __init__(self, target: AttackTarget) -> None:
+        from conceptguard.defenses.espresso import concept_texts, p_unacceptable
+
+        self._p_u = p_unacceptable
+        self.parts = []  # (embedder, t_u, t_a, scale, mode, tau)
+        name = target.concept.name
+        for f in target.image_filters:
+            pairs = [c for c in getattr(f, "concepts", []) if getattr(c, "name", None) == name]
+            if pairs and hasattr(f, "embedder"):
+                self.parts.append((f.embedder, pairs[0].t_u, pairs[0].t_a, f.scale, getattr(f, "mode", "softmax"),
+                                   getattr(f, "tau", 0.5)))
+            elif not any(p[0] is target.embedder and p[4] == "softmax" for p in self.parts):
+                e = target.embedder
+                t = e.texts(list(concept_texts(target.concept)))
+                self.parts.append((e, t[0], t[1], e.logit_scale, "softmax", 0.5))
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image loss [B] for decoded images in [-1, 1]."""
+        total = 0
+        for embedder, t_u, t_a, scale, mode, tau in self.parts:
+            p_u = self._p_u(clip_image_embeds(embedder, images), t_u, t_a, scale, mode).clamp(1e-6, 1 - 1e-6)
+            logit = torch.log(p_u) - torch.log1p(-p_u)
+            total = total + F.relu(logit - math.log(tau / (1 - tau)) + self.margin)
+        return total
+
+
+class DenoisingObjective:
+    """The defended model's denoising loss on noised latents of concept images.
+
+    `rows` fixed (latent, t, eps) triples; row r belongs to prompt `owner[r]`. With an image
+    filter term (adaptive attacks), the predicted clean latent x0 is decoded by the VAE and
+    scored by `ImageFilterTerm`, weighted by `clip_weight`.
+    """
+
+    def __init__(self, target: AttackTarget, latents: torch.Tensor, t_range: tuple[int, int],
+                 clip_weight: float = 0.0, adaptive: bool = False, chunk: int = 32) -> None:
+        self.target, self.latents, self.adaptive, self.chunk = target, latents, adaptive, chunk
+        sched = target.pipe.scheduler
+        self.alphas = sched.alphas_cumprod.to(latents.device, torch.float32)
+        self.t_range = (max(0, t_range[0]), min(t_range[1], len(self.alphas)))
+        self.filter_term = ImageFilterTerm(target) if adaptive and clip_weight > 0 else None
+        self.clip_weight = clip_weight if self.filter_term else 0.0
+
+    def draws(self, which: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Noised latents x_t, timesteps t and noise eps for latents[which] (t stratified over the range)."""
+        b = len(which)
+        lo, hi = self.t_range
+        u = (torch.arange(b, dtype=torch.float32) + torch.rand(b, generator=gen))[torch.randperm(b, generator=gen)] / b
+        t = (lo + u * (hi - lo)).long().clamp(lo, hi - 1)
+        eps = torch.randn((b, *self.latents.shape[1:]), generator=gen)
+        x0 = self.latents[which]
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * eps, t, eps
+
+    def loss(self, ids: torch.Tensor, token_embeds: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+             eps: torch.Tensor) -> torch.Tensor:
+        """Per-row loss [B]; differentiable in token_embeds."""
+        target = self.target
+        cond = target.encode(ids, token_embeds, defended=self.adaptive)
+        unet = target.unet
+        pred = unet(x_t.to(unet.device, unet.dtype), t.to(unet.device),
+                    encoder_hidden_states=cond.to(unet.dtype)).sample.float()
+        loss = (pred - eps.to(pred.device)).pow(2).flatten(1).mean(1)
+        if self.clip_weight:
+            a = self.alphas[t].view(-1, 1, 1, 1).to(pred.device)
+            x0 = (x_t.to(pred.device) - (1 - a).sqrt() * pred) / a.sqrt()
+            vae = target.pipe.vae
+            images = vae.decode((x0 / vae.config.scaling_factor).to(vae.dtype)).sample
+            loss = loss + self.clip_weight * self.filter_term(images).to(loss.device)
+        return loss
+
+
+def initial_prefixes(target: AttackTarget, words: list[str], images, n: int, k: int, pool: int,
+                     gen: torch.Generator) -> torch.Tensor:
+    """Start tokens [n, k] (indices into `words`): each prompt draws k distinct tokens from the `pool`
+    words whose attacker-CLIP text embedding ("a photo of <word>") is nearest to the mean image
+    embedding of the concept images -- words related to what the images show. pool 0: uniformly
+    random tokens (the paper's random start)."""
+    V = len(words)
+    if pool <= 0:
+        return torch.randint(0, V, (n, k), generator=gen)
+    e = target.embedder
+    with torch.no_grad():
+        scores = e.texts([f"a photo of {w}" for w in words]) @ F.normalize(e.images(images).mean(0), dim=-1)
+    top = scores.topk(min(max(pool, k), V)).indices
+    rows = []
+    for _ in range(n):
+        pick = top[torch.randperm(len(top), generator=gen)[:k]]
+        rows.append(torch.cat([pick, pick[torch.randint(0, len(pick), (k - len(pick),), generator=gen)]]))
+    return torch.stack(rows)
+
+
+# ------------------------------------------------------------------------------------ the attack
+
+class UnlearnDiffBudget(Budget):
+    """Paper: 5 prefix tokens, 40 iterations (SD v1.4). Defaults otherwise: one fixed noise draw per
+    prompt, swaps drawn from the 16 best-ranked, random start tokens."""
+
+    tokens: int = 5  # adversarial prefix length
+    iterations: int = 40  # one proposed token swap per prompt each
+    candidates: int = 16  # a swap is drawn from the best-ranked this many (position, token) pairs
+    draws: int = 1  # fixed (t, eps) draws per prompt
+    t_min: int = 0
+    t_max: int = 1000
+    clip_weight: float = 0.01  # adaptive form: weight of the image-filter hinge (per image)
+    init_pool: int = 0  # start from tokens drawn from this many CLIP-nearest to the images; 0: any token
+
+    @classmethod
+    def cpu(cls) -> UnlearnDiffBudget:
+        return cls(tokens=5, iterations=20, candidates=8, draws=2, t_min=100, t_max=900, init_pool=10)
+
+
+class UnlearnDiffAtk(Attack):
+    """Prefix tokens found by a gradient-ranked token search on the defended model's denoising loss.
+
+    Each iteration, the gradient of the loss with respect to the relaxed one-hot of the current
+    prefix (straight-through: evaluated at the real tokens) gives, for every position and
+    vocabulary token, the first-order change of the loss if that token were swapped in. Each
+    prompt tries one swap drawn from its `candidates` best-ranked ones; the swap is kept if the
+    loss on the prompt's fixed noise draws falls, and otherwise not proposed again. The losses
+    every iteration sees are losses of real text prompts, so the kept prefix is never worse than
+    the start (`settings["loss_start"]`, `settings["loss_best"]`).
+    """
+
+    name = "unlearndiff"
+    threat_model = "white box on the defended model: prefix tokens optimised on its denoising loss"
+    target_dependent = True
+    whitebox = True  # the plain form reads the (edited) UNet and the text encoder only
+    budget_type = UnlearnDiffBudget
+
+    def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
+        with cpu_threads(target):
+            return self._attack(target, n, seed)
+
+    def _attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
+        b: UnlearnDiffBudget = self.budget  # type: ignore[assignment]
+        gen = torch.Generator().manual_seed(seed)
+        vocab, words = attack_vocabulary(target)
+        table = target.text_encoder.get_input_embeddings()
+        with torch.no_grad():
+            E = table(vocab.to(table.weight.device)).float()  # [V, d]
+        k, V = b.tokens, len(vocab)
+
+        base = [target.strip_blocked(p) for p in target.seed_prompts(n, seed)]
+        images = paired_concept_images(target, n, seed)
+        objective = DenoisingObjective(target, target.image_latents(images), (b.t_min, b.t_max), b.clip_weight,
+                                       self.adaptive)
+        owner = torch.arange(n).repeat_interleave(b.draws)
+        draw = objective.draws(owner, gen)
+
+        best = initial_prefixes(target, words, images, n, k, b.init_pool, gen)
+        ids = target.tokenize([" ".join(words[j] for j in row) + (" " + p if p else "")
+                               for row, p in zip(best.tolist(), base)])
+        best_loss, grad = self._evaluate(target, objective, ids, best, vocab, E, owner, draw, need_grad=b.iterations > 0)
+        history = [float(best_loss.mean())]
+        tried = torch.zeros(n, k, V, dtype=torch.bool)
+        rows = torch.arange(n)
+        for it in range(1, b.iterations + 1):
+            # first-order change of the loss for swapping token v in at position i
+            delta = grad - grad.gather(-1, best[..., None])
+            delta[tried | F.one_hot(best, V).bool()] = math.inf
+            top = delta.flatten(1).topk(min(b.candidates, k * V), largest=False).indices  # [n, c]
+            choice = top[rows, torch.randint(0, top.shape[1], (n,), generator=gen)]
+            pos, tok = choice // V, choice % V
+            proposal = best.clone()
+            proposal[rows, pos] = tok
+            loss, g = self._evaluate(target, objective, ids, proposal, vocab, E, owner, draw,
+                                     need_grad=it < b.iterations)
+            keep = loss < best_loss
+            tried[rows, pos, tok] = True
+            best[keep], best_loss[keep] = proposal[keep], loss[keep]
+            if g is not None:
+                grad[keep] = g[keep]
+            tried[keep] = False  # a new point: every swap may be worth trying again
+            history.append(float(best_loss.mean()))
+            target.report("unlearndiff", it, b.iterations)
+
+        prompts = []
+        for row, p in zip(best.tolist(), base):
+            prefix = " ".join(words[j] for j in row)
+            prompts.append(target.strip_blocked(f"{prefix} {p}".strip()))
+        settings = {"loss_start": history[0], "loss_best": history[-1], "losses": history,
+                    "adaptive": self.adaptive, "vocabulary": V}
+        return self.result(target, prompts, iterations=b.iterations, settings=settings)
+
+    @staticmethod
+    def _evaluate(target, objective, ids, tokens, vocab, E, owner, draw, need_grad):
+        """Loss per prompt (mean over its draws) of the prefixes `tokens` [n, k], and the gradient of
+        the summed loss with respect to their relaxed one-hot [n, k, V] (straight-through: the
+        forward pass uses the tokens themselves). Rows are processed in chunks."""
+        n, k = tokens.shape
+        ids = ids.clone()
+        ids[:, 1:k + 1] = vocab[tokens]
+        ids = ids[owner]
+        onehot = F.one_hot(tokens, len(vocab)).float()[owner]
+        base = target.token_embeddings(ids).detach().float()
+        x_t, t, eps = draw
+        losses, grads = [], []
+        for lo in range(0, len(owner), objective.chunk):
+            sl = slice(lo, lo + objective.chunk)
+            with torch.set_grad_enabled(need_grad):
+                w = onehot[sl].clone().requires_grad_(need_grad)
+                embeds = torch.cat([base[sl, :1], w @ E, base[sl, k + 1:]], 1)
+                loss = objective.loss(ids[sl], embeds, x_t[sl], t[sl], eps[sl])
+                if need_grad:
+                    grads.append(torch.autograd.grad(loss.sum(), w)[0])
+            losses.append(loss.detach().cpu())
+        per_prompt = torch.zeros(n).index_add_(0, owner, torch.cat(losses)) / torch.bincount(owner, minlength=n)
+        grad = torch.zeros(n, k, len(vocab)).index_add_(0, owner, torch.cat(grads)) if need_grad else None
+        return per_prompt, grad
