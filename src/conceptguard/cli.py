@@ -276,7 +276,7 @@ def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML
         runner = Runner(cfg, out, progress)
         runner.run()
     results = runner.results()
-    results["seconds"] = round(time.time() - t0, 1)
+    results["seconds"], results["invocations"] = _wall_time(out, time.time() - t0)
     files = write_report(results, out)
     if cfg.results_doc:
         from conceptguard.eval.comparison import write as write_comparison
@@ -289,6 +289,15 @@ def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML
     print_table(results, Console())
     console.print(f"{len(results['rows'])} result rows in {results['seconds']} s; report: {files['html']}"
                   + (f"; {files['results_doc']}" if "results_doc" in files else ""))
+
+
+def _wall_time(out: Path, seconds: float) -> tuple[float, int]:
+    """Wall time of a run summed over its invocations (a resumed run adds to it)."""
+    path = out / "wall_time.json"
+    spent = json.loads(path.read_text()) if path.is_file() else {"seconds": 0.0, "invocations": 0}
+    spent = {"seconds": round(spent["seconds"] + seconds, 1), "invocations": spent["invocations"] + 1}
+    path.write_text(json.dumps(spent))
+    return spent["seconds"], spent["invocations"]
 
 
 @app.command("judge")

@@ -202,7 +202,9 @@ class Runner:
                 if not compute:
                     continue
                 folder = self._run_attack(name, stack, concept)
-            sets.append(AttackResult.load(self.out / folder).prompt_set())
+            pset = AttackResult.load(self.out / folder).prompt_set()
+            if all(pset.id != s.id for s in sets):  # an adaptive form with nothing to adapt to is the plain one
+                sets.append(pset)
         return sets
 
     def _run_attack(self, name: str, stack: str, concept: str) -> str:
