@@ -96,7 +96,7 @@ def test_unlearndiff_prompts_pass_the_blocklist_and_lower_the_loss(blocked, ud):
         assert prompt.endswith(stripped)
         assert all(w in words for w in prompt[:len(prompt) - len(stripped)].split())
     losses = ud.settings["losses"]
-    assert ud.settings["loss_best"] < ud.settings["loss_start"]
+    assert ud.settings["loss_final"] < ud.settings["loss_start"]
     assert all(b <= a for a, b in itertools.pairwise(losses))  # only swaps that lower the loss are kept
 
 
@@ -110,7 +110,7 @@ def test_cce_prompts_name_only_the_learned_token(blocked, cce):
     assert len(cce.prompts) == N and all(placeholder in p for p in cce.prompts)
     assert all(blocked.allowed(cce.prompts))
     assert list(cce.tokens.vectors) == [placeholder] and not any(w in placeholder for w in ("burn", "fire", "flam"))
-    assert cce.settings["loss_best"] < cce.settings["loss_start"]
+    assert cce.settings["loss_final"] < cce.settings["loss_start"]
 
 
 def test_cce_is_deterministic_per_seed(blocked, cce):

@@ -13,7 +13,8 @@ it is used in. The result is n such prompts plus the learned token (`AttackResul
 tokenizer and text encoder are never changed (learned_tokens.py).
 
 The adaptive form ("cce+") trains through the target's embedding defenses and, against image
-filters, pushes the CLIP embedding of the predicted clean image toward c_a (unlearndiff.py).
+filters, adds a hinge that pushes the CLIP embedding of the predicted clean image toward c_a
+until the filter would pass it (`ImageFilterTerm` in unlearndiff.py).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class CCEBudget(Budget):
 def placeholder_for(target: AttackTarget, key: str, seed: int) -> str:
     """A placeholder such as "<cce-3fa2c01b>", hashed from `key` (the result's cache name) and the
     seed: lower-case hex, no concept word, let through by the target's prompt filters."""
-    words = {w for phrase in (*target.concept.unacceptable, target.concept.name) for w in re.findall(r"[a-z0-9]+", phrase.lower())}
+    phrases = (*target.concept.unacceptable, target.concept.name)
+    words = {w for phrase in phrases for w in re.findall(r"[a-z0-9]{3,}", phrase.lower())}
     for salt in range(100):
         h = hashlib.sha256(f"{key}|{seed}|{salt}".encode()).hexdigest()[:8]
         name = f"<cce-{h}>"
@@ -88,6 +90,13 @@ def init_embedding(target: AttackTarget) -> torch.Tensor:
 
 
 class CCEAttack(Attack):
+    """One learned token (textual inversion) against the defended model.
+
+    Adam on v over random (prompt, image, t, eps) batches of the training pairs; the loss before
+    and after is measured on one fixed draw per pair (`settings["loss_start"]`,
+    `settings["loss_final"]`).
+    """
+
     name = "cce"
     threat_model = "white box on the defended model: a learned token embedding (textual inversion)"
     target_dependent = True
@@ -138,11 +147,11 @@ class CCEAttack(Attack):
             v.grad = torch.autograd.grad(loss, v)[0]
             opt.step()
             history.append(float(loss.detach()))
-            target.report("cce", step + 1, b.steps)
+            target.report(self.label, step + 1, b.steps)
         with torch.no_grad():
             loss_end = float(loss_of(v, eval_rows, eval_draw).mean())
 
-        settings = {"loss_start": loss_start, "loss_best": loss_end, "losses": history, "adaptive": self.adaptive,
+        settings = {"loss_start": loss_start, "loss_final": loss_end, "losses": history, "adaptive": self.adaptive,
                     "placeholder": placeholder, "init": target.concept.c_a}
         return self.result(target, prompts, iterations=b.steps, settings=settings,
                            tokens=LearnedTokens({placeholder: v.detach()}))

@@ -15,8 +15,9 @@ the attack sees is the loss of a real text prompt. All n prompts are optimised i
 fixed noise draws (common random numbers, so losses are comparable across iterations).
 
 The adaptive form ("unlearndiff+") also differentiates through the target's embedding
-defenses and, against image filters, adds a term that pushes the CLIP embedding of the
-predicted clean image toward c_a rather than c_u (`ImageFilterTerm`).
+defenses and, against image filters, adds a hinge that pushes the CLIP embedding of the
+predicted clean image toward c_a rather than c_u until the filter would pass it
+(`ImageFilterTerm`).
 
 The helpers here (`DenoisingObjective`, `ImageFilterTerm`, `paired_concept_images`,
 `cpu_threads`) are shared with the CCE attack (cce.py).
@@ -259,7 +260,7 @@ class UnlearnDiffAtk(Attack):
     prompt tries one swap drawn from its `candidates` best-ranked ones; the swap is kept if the
     loss on the prompt's fixed noise draws falls, and otherwise not proposed again. The losses
     every iteration sees are losses of real text prompts, so the kept prefix is never worse than
-    the start (`settings["loss_start"]`, `settings["loss_best"]`).
+    the start (`settings["loss_start"]`, `settings["loss_final"]`).
     """
 
     name = "unlearndiff"
@@ -313,13 +314,13 @@ class UnlearnDiffAtk(Attack):
                 grad[keep] = g[keep]
             tried[keep] = False  # a new point: every swap may be worth trying again
             history.append(float(best_loss.mean()))
-            target.report("unlearndiff", it, b.iterations)
+            target.report(self.label, it, b.iterations)
 
         prompts = []
         for row, p in zip(best.tolist(), base):
             prefix = " ".join(words[j] for j in row)
             prompts.append(target.strip_blocked(f"{prefix} {p}".strip()))
-        settings = {"loss_start": history[0], "loss_best": history[-1], "losses": history,
+        settings = {"loss_start": history[0], "loss_final": history[-1], "losses": history,
                     "adaptive": self.adaptive, "vocabulary": V}
         return self.result(target, prompts, iterations=b.iterations, settings=settings)
 
