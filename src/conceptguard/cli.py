@@ -34,6 +34,17 @@ def _progress() -> Progress:
                     TimeRemainingColumn(), console=console, transient=False)
 
 
+def _reporter(bar: Progress):
+    """A (what, done, total) callback that keeps one bar per `what` (runner, attacks, training)."""
+    tasks: dict[str, int] = {}
+
+    def progress(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total, info="")
+        bar.update(tasks[what], completed=done, total=total)
+    return progress
+
+
 def _emit_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
@@ -266,14 +277,7 @@ def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML
     out = _out_dir(out)
     t0 = time.time()
     with _progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total, info="")
-            bar.update(tasks[what], completed=done, total=total)
-
-        runner = Runner(cfg, out, progress)
+        runner = Runner(cfg, out, _reporter(bar))
         runner.run()
     results = runner.results()
     results["seconds"], results["invocations"] = _wall_time(out, time.time() - t0)

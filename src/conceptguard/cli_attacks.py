@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from conceptguard.cli import _emit_json, _out_dir, _progress, app, console
+from conceptguard.cli import _emit_json, _out_dir, _progress, _reporter, app, console
 
 
 @app.command("attack")
@@ -37,13 +37,7 @@ def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez, ringab
     out = _out_dir(out)
     pipe = load_pipeline(model)
     with _progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total, info="")
-            bar.update(tasks[what], completed=done, total=total)
-
+        progress = _reporter(bar)
         ctx = BuildContext(pipe, cache_dir(), model or "miniworld", None, seed, progress)
         guard = GuardedPipeline(pipe, build_stack(stack, c, ctx))
         task = bar.add_task(f"attack {attack.label} {c.name} @ {stack}", total=None, info="")

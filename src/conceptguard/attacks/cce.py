@@ -25,10 +25,10 @@ import re
 import numpy as np
 import torch
 
-from conceptguard.attacks.base import Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks.base import AttackResult, AttackTarget, Budget
 from conceptguard.attacks.unlearndiff import (
     DenoisingObjective,
-    cpu_threads,
+    WhiteBoxAttack,
     paired_concept_images,
 )
 from conceptguard.learned_tokens import LearnedTokens
@@ -89,7 +89,7 @@ def init_embedding(target: AttackTarget) -> torch.Tensor:
         return table(torch.tensor(ids, device=table.weight.device)).float().mean(0).cpu()
 
 
-class CCEAttack(Attack):
+class CCEAttack(WhiteBoxAttack):
     """One learned token (textual inversion) against the defended model.
 
     Adam on v over random (prompt, image, t, eps) batches of the training pairs; the loss before
@@ -99,13 +99,7 @@ class CCEAttack(Attack):
 
     name = "cce"
     threat_model = "white box on the defended model: a learned token embedding (textual inversion)"
-    target_dependent = True
-    whitebox = True  # the plain form reads the (edited) UNet and the text encoder only
     budget_type = CCEBudget
-
-    def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
-        with cpu_threads(target):
-            return self._attack(target, n, seed)
 
     def _attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
         b: CCEBudget = self.budget  # type: ignore[assignment]

@@ -251,7 +251,21 @@ class UnlearnDiffBudget(Budget):
         return cls(tokens=5, iterations=20, candidates=8, draws=2, t_min=100, t_max=900, init_pool=10)
 
 
-class UnlearnDiffAtk(Attack):
+class WhiteBoxAttack(Attack):
+    """Base of the attacks that optimise against the defended model's weights (UnlearnDiffAtk, CCE)."""
+
+    target_dependent = True
+    whitebox = True  # the plain form reads the (edited) UNet and the text encoder only
+
+    def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
+        with cpu_threads(target):
+            return self._attack(target, n, seed)
+
+    def _attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
+        raise NotImplementedError
+
+
+class UnlearnDiffAtk(WhiteBoxAttack):
     """Prefix tokens found by a gradient-ranked token search on the defended model's denoising loss.
 
     Each iteration, the gradient of the loss with respect to the relaxed one-hot of the current
@@ -265,13 +279,7 @@ class UnlearnDiffAtk(Attack):
 
     name = "unlearndiff"
     threat_model = "white box on the defended model: prefix tokens optimised on its denoising loss"
-    target_dependent = True
-    whitebox = True  # the plain form reads the (edited) UNet and the text encoder only
     budget_type = UnlearnDiffBudget
-
-    def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
-        with cpu_threads(target):
-            return self._attack(target, n, seed)
 
     def _attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
         b: UnlearnDiffBudget = self.budget  # type: ignore[assignment]
