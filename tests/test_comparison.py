@@ -45,3 +45,13 @@ def test_results_doc_has_every_section_and_plot(tmp_path):
         assert heading in text
     assert "| brittle | yes | no | no |" in text
     assert (tmp_path / "results" / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_worst_case_cells_name_an_attack_only_when_it_got_through():
+    from conceptguard.eval.comparison import _own_time, _worst_cell
+
+    assert _worst_cell((0.75, "pez")) == "0.750 (pez)"
+    assert _worst_cell((0.0, "pez")) == "0.000"  # every attack ties at 0
+    assert _worst_cell((None, None)) == "–"
+    # 26 rows x 1 s of generation + one 2 s attack run
+    assert _own_time(_results()) == "; the results shown took 28 s by their own timings (2 s of attack runs + 26 s of generation and judging)"

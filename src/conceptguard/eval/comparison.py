@@ -117,7 +117,7 @@ def render(results: dict, plots: dict[str, str], command: str) -> str:
              f"{n_images} images, {len(defenses)} defense stacks x {len(concepts)} concepts x "
              f"{len(_unique(r['prompt_set'] for r in rows))} prompt sets; wall time "
              f"{_f(results.get('seconds'), 0)} s for the whole run (attacks included, "
-             f"{results.get('invocations', 1)} invocation(s) of the command, summed).",
+             f"{results.get('invocations', 1)} invocation(s) of the command, summed){_own_time(results)}.",
              f"Judge of concept rate: {judges.get('concept_rate', '?')}. Blocked images count as concept absent "
              "for effectiveness and as failures for utility.",
              f"Prompts per set: {cfg.get('prompts_per_set')} (standard sets), {cfg.get('attack_prompts')} "
@@ -204,9 +204,22 @@ def render(results: dict, plots: dict[str, str], command: str) -> str:
     return "\n".join(lines)
 
 
+def _own_time(results: dict) -> str:
+    """The timings of the results shown, summed: what a fresh run costs apart from loading models.
+    (The wall time can differ when a resumed run reused or replaced earlier work.)"""
+    gen = sum(r.get("seconds") or 0.0 for r in results.get("rows") or [])
+    att = sum(c.get("seconds") or 0.0 for c in results.get("attacks") or [])
+    if not gen and not att:
+        return ""
+    return (f"; the results shown took {gen + att:.0f} s by their own timings "
+            f"({att:.0f} s of attack runs + {gen:.0f} s of generation and judging)")
+
+
 def _worst_cell(found: tuple[float | None, str | None]) -> str:
     value, attack = found
-    return "–" if value is None else f"{value:.3f} ({attack})"
+    if value is None:
+        return "–"
+    return f"{value:.3f} ({attack})" if value > 0 else f"{value:.3f}"  # every attack ties at 0: none to name
 
 
 def write(results: dict, path: str | Path, command: str) -> Path:
