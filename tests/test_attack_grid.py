@@ -32,8 +32,10 @@ def test_bench_runs_attacks_per_stack_resumes_and_writes_the_results_doc(tmp_pat
     assert {c["attack"] for c in results["attacks"]} == {"synonym"} and len(results["attacks"]) == 2
     assert [c["attack"] for c in results["certificates"]] == ["synonym"]
     assert 0 <= results["certificates"][0]["beyond_radius"] <= 1
-    assert "## Robustness" in doc.read_text() and (doc.parent / "results" / "robustness.png").is_file()
+    assert "## Robustness" in doc.read_text() and (doc.parent / "results" / "results_robustness.png").is_file()
 
-    again = run_cli("bench", "--config", str(cfg), "--out", str(out), "--json")
+    other = tmp_path / "docs" / "OTHER.md"  # --results-doc overrides the config's document
+    again = run_cli("bench", "--config", str(cfg), "--out", str(out), "--results-doc", str(other), "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["rows"] == results["rows"]  # nothing regenerated, nothing lost
+    assert "--results-doc" in other.read_text() and (doc.parent / "results" / "other_robustness.png").is_file()

@@ -44,7 +44,20 @@ def test_results_doc_has_every_section_and_plot(tmp_path):
                     "## Attack cost", "## Plots"):
         assert heading in text
     assert "| brittle | yes | no | no |" in text
-    assert (tmp_path / "results" / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "results" / "results_robustness.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_without_attacks_gets_no_robustness_claims(tmp_path):
+    from conceptguard.eval.comparison import write
+
+    results = _results()
+    results["rows"] = [r for r in results["rows"] if not r["prompt_set"].startswith("adversarial-")]
+    text = write(results, tmp_path / "BENCH.md", "conceptguard bench").read_text()
+    assert text.startswith("# Results: every defense, before attacks")
+    assert "robust" not in text.lower() and "## Robustness" not in text and "per attack" not in text
+    assert "| brittle | yes | no | 0.000 |" in text
+    assert (tmp_path / "results" / "bench_effectiveness_vs_utility.png").is_file()
+    assert not (tmp_path / "results" / "bench_robustness.png").exists()
 
 
 def test_worst_case_cells_name_an_attack_only_when_it_got_through():

@@ -268,12 +268,15 @@ def generate_cmd(prompt: str = typer.Argument(..., help="The text prompt."),
 @app.command("bench")
 def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML run config (default: every baseline x every mini-world concept x {unacceptable, paraphrase, acceptable})."),
               out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for results.sqlite, images and the report files."),
+              results_doc: Optional[Path] = typer.Option(None, "--results-doc", help="Also write this Markdown document with its plots (e.g. docs/BENCH.md); overrides the config's results_doc."),
               as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout.")) -> None:
     """Run a benchmark: generate, judge, store (resumable) and report."""
     from conceptguard.eval.report import print_table, write_report
     from conceptguard.eval.runner import Runner, load_config
 
     cfg = load_config(config)
+    if results_doc is not None:
+        cfg.results_doc = str(results_doc)
     out = _out_dir(out)
     t0 = time.time()
     with _progress() as bar:
@@ -285,7 +288,8 @@ def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML
     if cfg.results_doc:
         from conceptguard.eval.comparison import write as write_comparison
 
-        command = "conceptguard bench" + (f" --config {config}" if config else "") + f" --out {out}"
+        command = ("conceptguard bench" + (f" --config {config}" if config else "") + f" --out {out}"
+                   + (f" --results-doc {results_doc}" if results_doc else ""))
         files["results_doc"] = write_comparison(results, cfg.results_doc, command)
     if as_json:
         _emit_json(results)
