@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Generic, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -88,8 +88,15 @@ class AttackResult:
                 "prompts": len(self.prompts)}
 
 
-class Attack:
-    """Base of every attack. `run` must be deterministic for a given seed."""
+B = TypeVar("B", bound="Budget")
+
+
+class Attack(Generic[B]):
+    """Base of every attack. `run` must be deterministic for a given seed.
+
+    A subclass names its budget once, as the type parameter (`class PezAttack(Attack[PezBudget])`):
+    `self.budget` is then typed and `budget_type` (the class the registry builds presets from) set.
+    """
 
     name: ClassVar[str] = "attack"
     threat_model: ClassVar[str] = ""
@@ -101,8 +108,15 @@ class Attack:
     whitebox: ClassVar[bool] = False
     budget_type: ClassVar[type[Budget]] = Budget
 
-    def __init__(self, budget: Budget | None = None, adaptive: bool = False) -> None:
-        self.budget = budget or self.budget_type()
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for parent in getattr(cls, "__orig_bases__", ()):
+            args = get_args(parent)
+            if args and isinstance(args[0], type) and issubclass(args[0], Budget):
+                cls.budget_type = args[0]
+
+    def __init__(self, budget: B | None = None, adaptive: bool = False) -> None:
+        self.budget: B = budget or self.budget_type()  # type: ignore[assignment]
         self.adaptive = adaptive
 
     @property

@@ -89,7 +89,7 @@ def init_embedding(target: AttackTarget) -> torch.Tensor:
         return table(torch.tensor(ids, device=table.weight.device)).float().mean(0).cpu()
 
 
-class CCEAttack(WhiteBoxAttack):
+class CCEAttack(WhiteBoxAttack[CCEBudget]):
     """One learned token (textual inversion) against the defended model.
 
     Adam on v over random (prompt, image, t, eps) batches of the training pairs; the loss before
@@ -99,11 +99,9 @@ class CCEAttack(WhiteBoxAttack):
 
     name = "cce"
     threat_model = "white box on the defended model: a learned token embedding (textual inversion)"
-    budget_type = CCEBudget
 
-    def _attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
-        b: CCEBudget = self.budget  # type: ignore[assignment]
-        gen = torch.Generator().manual_seed(seed)
+    def _attack(self, target: AttackTarget, n: int, seed: int, gen: torch.Generator) -> AttackResult:
+        b = self.budget
         rng = np.random.default_rng(seed)
         placeholder = placeholder_for(target, self.cache_name(target), seed)
         prompts = [with_placeholder(target, p, placeholder) for p in target.seed_prompts(n, seed)]

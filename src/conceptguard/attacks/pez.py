@@ -167,7 +167,7 @@ def pez_prompts(target: AttackTarget, images: list[Image.Image], n: int, budget:
     return pez_search(target, images, n, budget, seed).prompts
 
 
-class PezAttack(Attack):
+class PezAttack(Attack[PezBudget]):
     """PEZ against the concept: hard prompts whose CLIP text embedding matches images of it.
 
     Paper: one prompt per target image, 16 tokens, 3000 steps over the full vocabulary. Here:
@@ -178,10 +178,9 @@ class PezAttack(Attack):
     name = "pez"
     threat_model = "white box on CLIP: gradient search for a hard prompt matching images of the concept"
     target_dependent = False
-    budget_type = PezBudget
 
     def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
-        budget: PezBudget = self.budget  # type: ignore[assignment]
+        budget = self.budget
         images = target.concept_images(n * budget.images, seed=seed)
         out = pez_search(target, images, n, budget, seed, what=self.name)
         return self.result(target, out.prompts, iterations=out.iterations, queries=0,

@@ -50,16 +50,15 @@ class RingABellBudget(Budget):
                    patience=6)
 
 
-class RingABell(Attack):
+class RingABell(Attack[RingABellBudget]):
     name = "ringabell"
     threat_model = "text encoder only: concept vector + genetic token search (filter-aware vocabulary)"
     target_dependent = False
-    budget_type = RingABellBudget
 
     # ------------------------------------------------------------------ embeddings
     def _encode(self, target: AttackTarget, prompts: list[str], batch: int = 512) -> torch.Tensor:
         """The undefended text encoder's output for prompts, the first `positions` positions [B, P, d]."""
-        budget: RingABellBudget = self.budget  # type: ignore[assignment]
+        budget = self.budget
         positions = max(2, min(int(budget.positions), target.tokenizer.model_max_length))
         out = []
         with torch.no_grad():
@@ -92,7 +91,7 @@ class RingABell(Attack):
 
     # ------------------------------------------------------------------ search
     def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
-        budget: RingABellBudget = self.budget  # type: ignore[assignment]
+        budget = self.budget
         rng = np.random.default_rng(seed)
         tok = target.tokenizer
         vocab = target.vocabulary.numpy()

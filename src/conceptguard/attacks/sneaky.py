@@ -60,11 +60,10 @@ class SneakyBudget(Budget):
         return cls(queries=12, beam=3, steps=10, max_tokens=2, pool=12, confirm=2)
 
 
-class SneakyPrompt(Attack):
+class SneakyPrompt(Attack[SneakyBudget]):
     name = "sneaky"
     threat_model = "black box, query-limited: token substitutions, reward = attacker's CLIP x not blocked"
     target_dependent = True
-    budget_type = SneakyBudget
 
     # ------------------------------------------------------------------ prompt surgery
     @staticmethod
@@ -129,7 +128,7 @@ class SneakyPrompt(Attack):
 
     # ------------------------------------------------------------------ search
     def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
-        budget: SneakyBudget = self.budget  # type: ignore[assignment]
+        budget = self.budget
         rng = np.random.default_rng(seed)
         start_queries = target.queries
         bases = target.seed_prompts(n, seed)
@@ -171,7 +170,7 @@ class SneakyPrompt(Attack):
 
     def _query(self, target: AttackTarget, states: list[_Search], picks: list[tuple[int, int]], seed: int) -> None:
         """One batched black-box query: each (prompt i, candidate j) on its next noise seed."""
-        budget: SneakyBudget = self.budget  # type: ignore[assignment]
+        budget = self.budget
         prompts = [states[i].texts[j] for i, j in picks]
         seeds = [seed * 100_000 + i * 100 + len(states[i].rewards[j]) for i, j in picks]
         out = target.generate(prompts, seeds, steps=budget.steps, guidance=budget.guidance)
@@ -183,7 +182,7 @@ class SneakyPrompt(Attack):
             states[i].record(j, float(r))
 
     def _add_substitutes(self, target: AttackTarget, st: _Search, base: str, rng: np.random.Generator) -> None:
-        budget: SneakyBudget = self.budget  # type: ignore[assignment]
+        budget = self.budget
         parts = self.split(target, base)
         singles = np.arange(st.credit.size)
         if singles.size > budget.candidates:  # real tokenizers: rank a random subset offline

@@ -63,16 +63,15 @@ def real_prompts(phrases: list[str], n: int, seed: int) -> list[str]:
     return [t.format(phrases[i % len(phrases)]) for i, t in enumerate(rng.choice(REAL_TEMPLATES, n))]
 
 
-class SynonymAttack(Attack):
+class SynonymAttack(Attack[SynonymBudget]):
     """Black box: the concept's synonyms, paraphrases and indirect descriptions that the filters pass."""
 
     name = "synonym"
     threat_model = "black box: synonyms, paraphrases and indirect descriptions of the concept"
     target_dependent = False
-    budget_type = SynonymBudget
 
     def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
-        budget: SynonymBudget = self.budget  # type: ignore[assignment]
+        budget = self.budget
         mini = target.is_miniworld
         pool = world_phrasings(target) if mini else real_phrasings(target)
         note = None

@@ -62,21 +62,20 @@ def write_text(image: Image.Image, text: str, height: float = 0.25, min_px: int 
     return im
 
 
-class TypoAttack(Attack):
+class TypoAttack(Attack[TypoBudget]):
     """Typo+: c_a written onto images of the concept, prompts recovered from them with PEZ."""
 
     name = "typo+"
     threat_model = "filter-aware: c_a written onto images of the concept, prompt recovered with PEZ (white box on CLIP)"
     target_dependent = False
-    budget_type = TypoBudget
 
     def typo_images(self, target: AttackTarget, count: int, seed: int) -> list[Image.Image]:
-        budget: TypoBudget = self.budget  # type: ignore[assignment]
+        budget = self.budget
         return [write_text(im, target.concept.c_a, budget.text_height, budget.min_font_px, budget.corner)
                 for im in target.concept_images(count, seed=seed)]
 
     def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
-        budget: TypoBudget = self.budget  # type: ignore[assignment]
+        budget = self.budget
         images = self.typo_images(target, n * budget.images, seed)
         out = pez_search(target, images, n, budget, seed, what=self.name)
         return self.result(target, out.prompts, iterations=out.iterations, queries=0,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from conceptguard.attacks.base import Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks.base import B, Attack, AttackResult, AttackTarget, Budget
 
 # ------------------------------------------------------------------------------ shared helpers
 
@@ -251,7 +251,7 @@ class UnlearnDiffBudget(Budget):
         return cls(tokens=5, iterations=20, candidates=8, draws=2, t_min=100, t_max=900, init_pool=10)
 
 
-class WhiteBoxAttack(Attack):
+class WhiteBoxAttack(Attack[B]):
     """Base of the attacks that optimise against the defended model's weights (UnlearnDiffAtk, CCE)."""
 
     target_dependent = True
@@ -259,13 +259,14 @@ class WhiteBoxAttack(Attack):
 
     def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
         with cpu_threads(target):
-            return self._attack(target, n, seed)
+            return self._attack(target, n, seed, torch.Generator().manual_seed(seed))
 
-    def _attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
+    def _attack(self, target: AttackTarget, n: int, seed: int, gen: torch.Generator) -> AttackResult:
+        """The search itself, on one CPU thread; `gen` is seeded with `seed` (noise draws, timesteps)."""
         raise NotImplementedError
 
 
-class UnlearnDiffAtk(WhiteBoxAttack):
+class UnlearnDiffAtk(WhiteBoxAttack[UnlearnDiffBudget]):
     """Prefix tokens found by a gradient-ranked token search on the defended model's denoising loss.
 
     Each iteration, the gradient of the loss with respect to the relaxed one-hot of the current
@@ -279,11 +280,9 @@ class UnlearnDiffAtk(WhiteBoxAttack):
 
     name = "unlearndiff"
     threat_model = "white box on the defended model: prefix tokens optimised on its denoising loss"
-    budget_type = UnlearnDiffBudget
 
-    def _attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
-        b: UnlearnDiffBudget = self.budget  # type: ignore[assignment]
-        gen = torch.Generator().manual_seed(seed)
+    def _attack(self, target: AttackTarget, n: int, seed: int, gen: torch.Generator) -> AttackResult:
+        b = self.budget
         vocab, words = attack_vocabulary(target)
         table = target.text_encoder.get_input_embeddings()
         with torch.no_grad():
