@@ -51,6 +51,7 @@ DEFAULTS = {
     "clip_align": StageConfig(steps=800, batch=128, lr=3e-4, warmup=50),
     "oracle": StageConfig(steps=2000, batch=96, lr=2e-3),
     "unet": StageConfig(steps=6000, batch=64, lr=4e-4, warmup=300, checkpoint_every=500),
+    "unet_focus": StageConfig(steps=2000, batch=64, lr=1e-4, warmup=100, checkpoint_every=250),
 }
 N_TRAIN = 50_000
 CAPTION_DROPOUT = 0.1
@@ -68,7 +69,8 @@ def _lr(cfg: StageConfig, step: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-_RNG_IDS = {"vae": 0, "clip": 1, "oracle": 2, "unet": 3, "clip_align": 4}
+_RNG_IDS = {"vae": 0, "clip": 1, "oracle": 2, "unet": 3, "clip_align": 4, "unet_focus": 5}
+FOCUS_SHARE = 0.5  # second UNet phase: half of each batch shows an unacceptable concept
 
 
 def _rng(seed: int, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -394,12 +396,24 @@ def _encode_latents(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat(means), torch.cat(stds)
 
 
+def _concept_pools(scenes: list[Scene]) -> list[np.ndarray]:
+    """Indices of the training scenes that show each unacceptable concept."""
+    from conceptguard.miniworld.world import CONCEPTS
+
+    return [np.array([j for j, s in enumerate(scenes) if c.present(s)]) for c in CONCEPTS]
+
+
 def train_unet(images: np.ndarray, scenes: list[Scene], vae, text_encoder, tokenizer, seed: int,
-               cfg: StageConfig, report: Reporter | None = None):
+               cfg: StageConfig, report: Reporter | None = None, init=None, stage: str = "unet"):
+    """Denoising loss on captioned renders. With `init` (the first phase's EMA UNet) this is the
+    focus phase: each concept is only 5-16% of the renders, too rare for the UNet to draw it
+    reliably when asked, so half of every batch is a concept scene (concepts drawn uniformly)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config())
+    if init is not None:
+        unet.load_state_dict(init.state_dict())
     ema = UNet2DConditionModel(**unet_config())
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
@@ -408,10 +422,14 @@ def train_unet(images: np.ndarray, scenes: list[Scene], vae, text_encoder, token
     text_encoder.eval().requires_grad_(False)
     lat_mean, lat_std = _encode_latents(vae, images)
     scale = vae.config.scaling_factor
+    pools = [p for p in _concept_pools(scenes) if len(p)] if init is not None else []
 
     def step(i: int) -> torch.Tensor:
-        rng, g = _rng(seed, "unet", i)
+        rng, g = _rng(seed, stage, i)
         idx = rng.integers(0, len(images), cfg.batch)
+        for k in np.flatnonzero(rng.random(cfg.batch) < (FOCUS_SHARE if pools else 0.0)):
+            pool = pools[rng.integers(len(pools))]
+            idx[k] = pool[rng.integers(len(pool))]
         texts = ["" if rng.random() < CAPTION_DROPOUT else caption(scenes[j], rng) for j in idx]
         with torch.no_grad():  # SD conditions on all 77 positions of the last hidden state
             cond = text_encoder(_tokenize(tokenizer, texts, True))[0]
@@ -422,7 +440,8 @@ def train_unet(images: np.ndarray, scenes: list[Scene], vae, text_encoder, token
         zt = noise_sched.add_noise(z0, noise, t)
         return F.mse_loss(unet(zt, t, encoder_hidden_states=cond).sample, noise)
 
-    _run("unet", seed, unet, step, cfg, report, ema=ema, variant=_fingerprint(text_encoder, vae))
+    frozen = (text_encoder, vae) if init is None else (text_encoder, vae, init)
+    _run(stage, seed, unet, step, cfg, report, ema=ema, variant=_fingerprint(*frozen))
     return ema.eval()
 
 
@@ -489,6 +508,8 @@ def train_world(seed: int = 0, only: str | None = None, report: Reporter | None 
             vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
             text_encoder = CLIPTextModel.from_pretrained(root / "pipeline" / "text_encoder")
             unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed, cfg, report)
+            unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed,
+                              _stage_config("unet_focus", steps, checkpoint_every), report, init=unet, stage="unet_focus")
             export.export_diffusers_model(unet, "unet", root, half=True)
         times[stage] = time.time() - t0
         write_manifest(root)
