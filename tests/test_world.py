@@ -50,3 +50,32 @@ def test_concept_prompts_use_the_requested_split():
             assert want[concept.name] is True
         for text, want in concept_prompts(concept, "acceptable", 4, seed=1):
             assert want[concept.name] is False
+
+
+def test_clip_hard_negatives_change_only_the_shape():
+    """NegCLIP-style negatives: the positive caption's wording with another shape word, never a
+    held-out colour/shape pair, none for the characters whose shape is fixed."""
+    from conceptguard.miniworld.scene import HELDOUT_COMBOS, SHAPES, Scene
+    from conceptguard.miniworld.train import _named_shape, _shape_negative
+    from conceptguard.miniworld.world import SHAPE_WORDS
+
+    rng = np.random.default_rng(0)
+    changed = 0
+    for _ in range(200):
+        scene = sample_scene(rng)
+        state = rng.bit_generator.state
+        text = caption(scene, rng)
+        neg = _shape_negative(scene, state, rng)
+        if scene.face or scene.eye:
+            assert neg is None and _named_shape(scene, text) == SHAPES.index(scene.shape)
+            continue
+        named = _named_shape(scene, text)
+        if named == -100:  # a generic noun ("an object"): the negative says the same
+            assert neg == text
+            continue
+        assert named == SHAPES.index(scene.shape)
+        assert neg != text and len(neg.split()) - len(text.split()) in (-2, -1, 0, 1, 2)
+        assert not any(w in neg.split() for w in SHAPE_WORDS[scene.shape] if " " not in w)
+        assert not any(c in neg.split() and s in neg.split() for c, s in HELDOUT_COMBOS)
+        changed += 1
+    assert changed > 100

@@ -12,10 +12,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -28,8 +30,8 @@ from conceptguard.miniworld.architectures import (OracleNet, clip_config, schedu
                                                   unet_config, vae_config)
 from conceptguard.miniworld.data import cache_dir, cached_render_set, to_tensor, to_uint8
 from conceptguard.miniworld.paths import WEIGHTS_DIR, write_manifest
-from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, MARKS, Scene
-from conceptguard.miniworld.world import caption
+from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, HELDOUT_COMBOS, MARKS, SHAPES, Scene
+from conceptguard.miniworld.world import SHAPE_WORDS, caption
 
 STAGES = ("vae", "clip", "oracle", "unet")  # the UNet needs the VAE and the CLIP text tower
 
@@ -49,9 +51,12 @@ DEFAULTS = {
     "clip_align": StageConfig(steps=800, batch=128, lr=3e-4, warmup=50),
     "oracle": StageConfig(steps=2000, batch=96, lr=2e-3),
     "unet": StageConfig(steps=6000, batch=64, lr=4e-4, warmup=300, checkpoint_every=500),
+    "unet_focus": StageConfig(steps=2000, batch=64, lr=1e-4, warmup=100, checkpoint_every=250),
 }
 N_TRAIN = 50_000
 CAPTION_DROPOUT = 0.1
+CLIP_RECIPE = "negclip-shape+text-shape-head"  # hard negatives (_caption_batch), shape head (train_clip)
+TEXT_SHAPE_WEIGHT = 0.5
 EMA_DECAY = 0.999
 
 Reporter = Callable[[str, int, int, float], None]  # (stage, step, total, loss)
@@ -64,7 +69,8 @@ def _lr(cfg: StageConfig, step: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-_RNG_IDS = {"vae": 0, "clip": 1, "oracle": 2, "unet": 3, "clip_align": 4}
+_RNG_IDS = {"vae": 0, "clip": 1, "oracle": 2, "unet": 3, "clip_align": 4, "unet_focus": 5}
+FOCUS_SHARE = 0.5  # second UNet phase: half of each batch shows an unacceptable concept
 
 
 def _rng(seed: int, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -93,8 +99,11 @@ class Checkpoint:
     settings never resumes from an incompatible checkpoint.
     """
 
-    def __init__(self, stage: str, seed: int, cfg: StageConfig, model: torch.nn.Module) -> None:
-        key = hashlib.sha256(f"{_config_text(model)}|{cfg}".encode()).hexdigest()[:10]
+    def __init__(self, stage: str, seed: int, cfg: StageConfig, model: torch.nn.Module, variant: str = "") -> None:
+        # `variant`: what else decides what the stage learns -- the recipe, or a fingerprint of
+        # the frozen models it trains against -- so no run resumes from an incompatible one
+        extra = f"|{variant}" if variant else ""
+        key = hashlib.sha256(f"{_config_text(model)}|{cfg}{extra}".encode()).hexdigest()[:10]
         self.dir = cache_dir() / "train" / f"{stage}_s{seed}_{key}"
 
     def load(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -134,10 +143,11 @@ class Checkpoint:
 
 
 def _run(stage: str, seed: int, model: torch.nn.Module, step_fn: Callable[[int], torch.Tensor],
-         cfg: StageConfig, report: Reporter | None, ema: torch.nn.Module | None = None) -> None:
+         cfg: StageConfig, report: Reporter | None, ema: torch.nn.Module | None = None,
+         variant: str = "") -> None:
     """The shared loop: resume, step, clip gradients, checkpoint, report."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    ckpt = Checkpoint(stage, seed, cfg, model)
+    ckpt = Checkpoint(stage, seed, cfg, model, variant)
     start = ckpt.load(model, opt, ema)
     for step in range(start, cfg.steps):
         for group in opt.param_groups:
@@ -196,12 +206,48 @@ def _tokenize(tokenizer, texts: list[str], pad_to_max: bool) -> torch.Tensor:
 
 
 def _caption_batch(clip, images: np.ndarray, scenes: list[Scene], tokenizer, rng: np.random.Generator,
-                   batch: int):
-    """CLIP's contrastive forward on a random batch of renders, each with a fresh caption."""
+                   batch: int) -> tuple[SimpleNamespace, np.ndarray]:
+    """CLIP's contrastive loss on a random batch of renders, each with a fresh caption and a hard
+    negative: the same caption with another shape word (NegCLIP). In-batch captions differ in
+    colour, texture and background, so without the negatives CLIP matches them while ignoring
+    shape, and its text tower leaves "circle", "square" and "heart" nearly the same vector --
+    which is all the mini SD's UNet is then conditioned on."""
     idx = rng.integers(0, len(images), batch)
-    texts = [caption(scenes[j], rng) for j in idx]
-    out = clip(input_ids=_tokenize(tokenizer, texts, False), pixel_values=to_tensor(images[idx]), return_loss=True)
-    return out, idx
+    texts, negatives = [], []
+    for j in idx:
+        state = rng.bit_generator.state
+        texts.append(caption(scenes[j], rng))
+        negatives.append(_shape_negative(scenes[j], state, rng))
+    valid = torch.tensor([n is not None and n != t for n, t in zip(negatives, texts)])
+    ids = _tokenize(tokenizer, texts + [n or "" for n in negatives], False)
+    out = clip(input_ids=ids, pixel_values=to_tensor(images[idx]))
+    img, txt = out.image_embeds, out.text_embeds  # both L2-normalised by CLIPModel
+    logits = clip.logit_scale.exp() * img @ txt.T  # [B, 2B]: positives, then the negatives
+    logits[:, batch:] = logits[:, batch:].masked_fill(~valid[None, :], float("-inf"))
+    target = torch.arange(batch)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :batch].T, target)) / 2
+    shapes = torch.tensor([_named_shape(scenes[j], t) for j, t in zip(idx, texts)])
+    return SimpleNamespace(loss=loss, image_embeds=img, text_pooled=out.text_model_output.pooler_output[:batch],
+                           shapes=shapes), idx
+
+
+def _named_shape(scene: Scene, text: str) -> int:
+    """Index of the shape a caption names (a character's name names its shape); -100 if none."""
+    if scene.face or scene.eye or any(re.search(rf"\b{w}\b", text) for w in SHAPE_WORDS[scene.shape]):
+        return SHAPES.index(scene.shape)
+    return -100
+
+
+def _shape_negative(scene: Scene, state: dict, rng: np.random.Generator) -> str | None:
+    """The caption `scene` got from rng `state`, for the same scene with another shape (never a
+    held-out colour/shape pair); None where the shape cannot change (Glimmer's face, Zorbo's eye)."""
+    if scene.face or scene.eye:
+        return None
+    shapes = [s for s in SHAPES if s != scene.shape and (scene.color, s) not in HELDOUT_COMBOS]
+    other = replace(scene, shape=str(rng.choice(shapes)))
+    replay = np.random.default_rng()
+    replay.bit_generator.state = state
+    return caption(other, replay)
 
 
 def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cfg: StageConfig,
@@ -210,12 +256,18 @@ def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cf
 
     torch.manual_seed(seed)
     clip = CLIPModel(clip_config())
+    # An auxiliary head (discarded after training) reads the caption's shape from the text
+    # tower's pooled output: the contrastive signal alone cannot separate shape words while the
+    # small ViT is still blind to shape, and the UNet is conditioned on nothing else.
+    head = torch.nn.Linear(clip.config.text_config.hidden_size, len(SHAPES))
+    model = torch.nn.ModuleDict({"clip": clip, "text_shape_head": head})
 
     def step(i: int) -> torch.Tensor:
         rng, _ = _rng(seed, "clip", i)
-        return _caption_batch(clip, images, scenes, tokenizer, rng, cfg.batch)[0].loss
+        out = _caption_batch(clip, images, scenes, tokenizer, rng, cfg.batch)[0]
+        return out.loss + TEXT_SHAPE_WEIGHT * F.cross_entropy(head(out.text_pooled), out.shapes, ignore_index=-100)
 
-    _run("clip", seed, clip, step, cfg, report)
+    _run("clip", seed, model, step, cfg, report, variant=f"{CLIP_RECIPE}|{_config_text(clip)}")
     return clip.eval()
 
 
@@ -271,7 +323,7 @@ def align_clip(clip, images: np.ndarray, scenes: list[Scene], tokenizer, seed: i
             loss = loss + 0.5 * F.cross_entropy(logits, y)
         return loss
 
-    _run("clip_align", seed, clip, step, cfg, report)
+    _run("clip_align", seed, clip, step, cfg, report, variant=CLIP_RECIPE)
     clip.text_model.requires_grad_(True)
     return clip.eval()
 
@@ -329,6 +381,12 @@ def reconstruct(vae, images: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
+def _fingerprint(*models: torch.nn.Module) -> str:
+    sums = [f"{p.double().sum().item():.10e}" for m in models for p in m.parameters()]
+    return hashlib.sha256(",".join(sums).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
 def _encode_latents(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     means, stds = [], []
     for i in range(0, len(images), 500):
@@ -338,12 +396,24 @@ def _encode_latents(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat(means), torch.cat(stds)
 
 
+def _concept_pools(scenes: list[Scene]) -> list[np.ndarray]:
+    """Indices of the training scenes that show each unacceptable concept."""
+    from conceptguard.miniworld.world import CONCEPTS
+
+    return [np.array([j for j, s in enumerate(scenes) if c.present(s)]) for c in CONCEPTS]
+
+
 def train_unet(images: np.ndarray, scenes: list[Scene], vae, text_encoder, tokenizer, seed: int,
-               cfg: StageConfig, report: Reporter | None = None):
+               cfg: StageConfig, report: Reporter | None = None, init=None, stage: str = "unet"):
+    """Denoising loss on captioned renders. With `init` (the first phase's EMA UNet) this is the
+    focus phase: each concept is only 5-16% of the renders, too rare for the UNet to draw it
+    reliably when asked, so half of every batch is a concept scene (concepts drawn uniformly)."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config())
+    if init is not None:
+        unet.load_state_dict(init.state_dict())
     ema = UNet2DConditionModel(**unet_config())
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
@@ -352,10 +422,14 @@ def train_unet(images: np.ndarray, scenes: list[Scene], vae, text_encoder, token
     text_encoder.eval().requires_grad_(False)
     lat_mean, lat_std = _encode_latents(vae, images)
     scale = vae.config.scaling_factor
+    pools = [p for p in _concept_pools(scenes) if len(p)] if init is not None else []
 
     def step(i: int) -> torch.Tensor:
-        rng, g = _rng(seed, "unet", i)
+        rng, g = _rng(seed, stage, i)
         idx = rng.integers(0, len(images), cfg.batch)
+        for k in np.flatnonzero(rng.random(cfg.batch) < (FOCUS_SHARE if pools else 0.0)):
+            pool = pools[rng.integers(len(pools))]
+            idx[k] = pool[rng.integers(len(pool))]
         texts = ["" if rng.random() < CAPTION_DROPOUT else caption(scenes[j], rng) for j in idx]
         with torch.no_grad():  # SD conditions on all 77 positions of the last hidden state
             cond = text_encoder(_tokenize(tokenizer, texts, True))[0]
@@ -366,7 +440,8 @@ def train_unet(images: np.ndarray, scenes: list[Scene], vae, text_encoder, token
         zt = noise_sched.add_noise(z0, noise, t)
         return F.mse_loss(unet(zt, t, encoder_hidden_states=cond).sample, noise)
 
-    _run("unet", seed, unet, step, cfg, report, ema=ema)
+    frozen = (text_encoder, vae) if init is None else (text_encoder, vae, init)
+    _run(stage, seed, unet, step, cfg, report, ema=ema, variant=_fingerprint(*frozen))
     return ema.eval()
 
 
@@ -433,6 +508,8 @@ def train_world(seed: int = 0, only: str | None = None, report: Reporter | None 
             vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
             text_encoder = CLIPTextModel.from_pretrained(root / "pipeline" / "text_encoder")
             unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed, cfg, report)
+            unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed,
+                              _stage_config("unet_focus", steps, checkpoint_every), report, init=unet, stage="unet_focus")
             export.export_diffusers_model(unet, "unet", root, half=True)
         times[stage] = time.time() - t0
         write_manifest(root)
