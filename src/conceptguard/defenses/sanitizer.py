@@ -55,14 +55,18 @@ class EmbeddingSanitizer(nn.Module):
         """H_hat: what each position should become."""
         return hidden + self.out(self.mixer(hidden) - hidden)
 
-    def forward(self, hidden: torch.Tensor, alpha: float = 1.0,
-                token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, alpha: float = 1.0, token_mask: torch.Tensor | None = None,
+                detach_gate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(H', s). `token_mask` [B, L] marks positions that may *start* a harmful span (real
-        tokens, not BOS or padding); the gate still spreads to every later position."""
+        tokens, not BOS or padding); the gate still spreads to every later position.
+        `detach_gate` (training): only the score loss trains the scorer -- the erase loss would
+        otherwise raise whichever token is highest, often one after the concept, which the causal
+        encoder has coloured with it."""
         if alpha == 0:
             return hidden, self.scores(hidden)
         s = self.scores(hidden)
-        starts = s if token_mask is None else s * token_mask
+        gating = s.detach() if detach_gate else s
+        starts = gating if token_mask is None else gating * token_mask
         gate = (alpha * torch.cummax(starts, dim=1).values).clamp(0, 1)
         return hidden + gate[..., None] * (self.target(hidden) - hidden), s
 
@@ -182,8 +186,8 @@ def train_sanitizer(concepts: Sequence[Concept], text_encoder, tokenizer, cfg: S
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / cfg.steps))
         i = torch.from_numpy(rng.integers(0, len(data.target), cfg.batch))
         j = torch.from_numpy(rng.integers(0, len(data.benign), cfg.batch))
-        out_t, s_t = net(data.target[i], 1.0, data.target_mask[i])
-        out_b, s_b = net(data.benign[j], 1.0, data.benign_mask[j])
+        out_t, s_t = net(data.target[i], 1.0, data.target_mask[i], detach_gate=True)
+        out_b, s_b = net(data.benign[j], 1.0, data.benign_mask[j], detach_gate=True)
         erase = F.mse_loss(out_t, data.anchor_aligned[i]) / scale
         keep = F.mse_loss(out_b, data.benign[j]) / scale
         score = (F.binary_cross_entropy(s_t, data.labels[i], weight=data.target_mask[i] + 1e-3)
