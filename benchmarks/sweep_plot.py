@@ -1,8 +1,8 @@
 """Defense-vs-utility curves for the CRTs' strength knobs, from a bench run's results.json.
 
 For ES (alpha: sanitizer-a0, -a0.5, sanitizer = 1, -a2) and SteerDiff (eps: steerdiff-e0.25 ...
-steerdiff = 0.88, -e1): concept rate on `unacceptable` and `paraphrase` (averaged over concepts)
-against prompt following on `acceptable`, one point per setting.
+steerdiff = 0.88, -e1): against the strength, concept rate on `unacceptable` and `paraphrase`
+(lower is better) and prompt following on `acceptable` (higher is better), averaged over concepts.
 
     python benchmarks/sweep_plot.py runs/crt-sweeps/results.json [--out runs/crt-sweeps/sweeps.png]
 """
@@ -57,12 +57,12 @@ def main() -> None:
         print("|---|---|---|---|")
         for p in points:
             print(f"| {p['value']:g} | {p['unacceptable']:.3f} | {p['paraphrase']:.3f} | {p['following']:.3f} |")
-        for key, style in (("unacceptable", "o-"), ("paraphrase", "s--")):
-            ax.plot([p["following"] for p in points], [p[key] for p in points], style, label=f"concept rate, {key}")
-        for p in points:
-            ax.annotate(f"{KNOBS[method][2]}={p['value']:g}", (p["following"], p["unacceptable"]), fontsize=7)
-        ax.set(xlabel="prompt following on acceptable prompts", ylabel="concept rate (lower is better)",
-               title=method, ylim=(-0.02, 1.02))
+        x = [p["value"] for p in points]
+        for key, style, label in (("unacceptable", "o-", "concept rate, unacceptable"),
+                                  ("paraphrase", "s--", "concept rate, paraphrase"),
+                                  ("following", "^:", "prompt following, acceptable")):
+            ax.plot(x, [p[key] for p in points], style, label=label)
+        ax.set(xlabel=f"strength ({KNOBS[method][2]})", ylabel="rate", title=method, ylim=(-0.02, 1.05))
         ax.legend(fontsize=7)
     fig.tight_layout()
     out = args.out or args.results.with_name("sweeps.png")
