@@ -60,6 +60,17 @@ def test_purify_returns_one_image_per_input(pipe, edit):
     assert [im.size for im in out] == [(32, 32), (32, 32)]
 
 
+def test_purify_strength_sets_how_much_of_the_image_is_redrawn(pipe, edit):
+    from conceptguard.miniworld.render import render
+    from conceptguard.miniworld.scene import sample_scene
+
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(render(sample_scene(rng, flames=True), rng))
+    change = {s: np.abs(np.asarray(purify(pipe, edit, [image], "burning", steps=10, strength=s)[0], dtype=float)
+                        - np.asarray(image, dtype=float)).mean() for s in (0.1, 1.0)}
+    assert change[0.1] < change[1.0]
+
+
 def test_alternative_and_spatial_metrics():
     judged = {"shape": "heart", "color": "red", "texture": "solid", "background": "sand", "size": "large",
               "concepts": {"burning": 0.1, "velmora": 0.0}}

@@ -136,23 +136,30 @@ def _changed_weights(unet, names: list[str], lora_rank: int) -> dict[str, torch.
 # ------------------------------------------------------------------------------- purification
 
 @torch.no_grad()
-def ddim_invert(pipe, image: torch.Tensor, cond: torch.Tensor, steps: int = 25) -> torch.Tensor:
-    """Latent noise that DDIM (no guidance) maps back to `image` [B, 3, H, W] in [-1, 1]."""
+def ddim_invert(pipe, image: torch.Tensor, cond: torch.Tensor, steps: int = 25,
+                n_steps: int | None = None) -> torch.Tensor:
+    """Latent noise that DDIM (no guidance) maps back to `image` [B, 3, H, W] in [-1, 1]; with
+    `n_steps`, only the first n_steps of the inversion (a partly noised latent)."""
     from diffusers import DDIMInverseScheduler
 
     inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
     inverse.set_timesteps(steps)
     z = pipe.vae.encode(image.to(pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
-    for t in inverse.timesteps:
+    for t in inverse.timesteps[:n_steps]:
         eps = pipe.unet(z, t, encoder_hidden_states=cond).sample
         z = inverse.step(eps, t, z).prev_sample
     return z
 
 
 def purify(pipe, edit: WeightEdit, images: list[Image.Image], prompt: str, steps: int = 25,
-           guidance: float = 1.0) -> list[Image.Image]:
+           guidance: float = 7.5, strength: float = 0.6) -> list[Image.Image]:
     """Invert each image with the original model under `prompt` (which names the erased concept),
-    then run DDIM from that latent with the edited model and the same prompt."""
+    then run DDIM from that latent with the edited model and the same prompt.
+
+    Defaults measured on 32 burning renders (the benchmark checks other renders): full inversion
+    without guidance removed the flames from 0.59; guidance 7.5 from a 60%-inverted latent
+    removes them from 0.88 and keeps the background in 0.97 (full inversion at guidance 5: 0.84
+    / 0.88 -- deeper inversion loses the layout)."""
     from diffusers import DDIMScheduler
 
     from conceptguard.guard import GuardedPipeline
@@ -161,14 +168,15 @@ def purify(pipe, edit: WeightEdit, images: list[Image.Image], prompt: str, steps
     x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32))
                      for im in images]).permute(0, 3, 1, 2) / 127.5 - 1
     cond = _encode(pipe, [prompt] * len(images))
-    latents = ddim_invert(pipe, x, cond, steps)
+    n_steps = max(1, round(strength * steps))
+    latents = ddim_invert(pipe, x, cond, steps, n_steps)
     edited = GuardedPipeline(pipe, [edit]).unet
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps)
     uncond = _encode(pipe, [""] * len(images))
     z = latents
     with torch.no_grad():
-        for t in scheduler.timesteps:
+        for t in scheduler.timesteps[len(scheduler.timesteps) - n_steps:]:
             if guidance == 1.0:
                 eps = edited(z, t, encoder_hidden_states=cond).sample
             else:
