@@ -246,7 +246,7 @@ class FinetuneConfig:
     a_separation: float = 1.0
     a_pairing: float = 1.0
     a_margin: float = 1.0
-    margin: float = 0.35  # wanted certified radius (L2 in the normalised image-embedding space)
+    margin: float = 0.6  # wanted certified radius (L2 in the normalised image-embedding space)
     a_preserve: float = 1.0
     seed: int = 0
 
