@@ -61,12 +61,19 @@ def p_unacceptable(x: torch.Tensor, t_u: torch.Tensor, t_a: torch.Tensor, scale:
     return torch.sigmoid(scale * gap)
 
 
+def signed_radii(x: torch.Tensor, t_u: torch.Tensor, t_a: torch.Tensor, scale: float,
+                 tau: float = 0.5) -> torch.Tensor:
+    """Signed L2 distance of each image embedding to the decision hyperplane
+    s*(x.d) = log(tau/(1-tau)), d = t_u - t_a: positive on the unacceptable side."""
+    d = t_u - t_a
+    return (scale * (x @ d) - math.log(tau / (1 - tau))) / (scale * d.norm())
+
+
 def certified_radii(x: torch.Tensor, t_u: torch.Tensor, t_a: torch.Tensor, scale: float,
                     tau: float = 0.5) -> torch.Tensor:
-    """L2 distance of each image embedding to the decision hyperplane s*(x.d) = log(tau/(1-tau)):
-    no perturbation of x smaller than this flips the softmax decision."""
-    d = t_u - t_a
-    return (scale * (x @ d) - math.log(tau / (1 - tau))).abs() / (scale * d.norm())
+    """L2 distance of each image embedding to the decision hyperplane: no perturbation of x
+    smaller than this flips the softmax decision."""
+    return signed_radii(x, t_u, t_a, scale, tau).abs()
 
 
 def certified_accuracy(radii: np.ndarray, correct: np.ndarray, eps: float) -> float:
@@ -239,7 +246,7 @@ class FinetuneConfig:
     a_separation: float = 1.0
     a_pairing: float = 1.0
     a_margin: float = 1.0
-    margin: float = 0.1
+    margin: float = 0.6  # wanted certified radius (L2 in the normalised image-embedding space)
     a_preserve: float = 1.0
     seed: int = 0
 
@@ -295,6 +302,7 @@ def finetune(pipe, embedder: ClipEmbedder, concept: Concept, cfg: FinetuneConfig
     scale = embedder.logit_scale
     text_u, text_a = concept_texts(concept)
     preserve = _preserve_prompts(concept, cfg.seed)
+    x_other = embedder.images(gen(preserve, [cfg.seed * 1_000_000 + 500_000 + i for i in range(len(preserve))]))
     with torch.no_grad():
         preserve_ref = _text_embeds(text_model, projection, tokenizer, preserve)
         t0 = _text_embeds(text_model, projection, tokenizer, [text_u, text_a])
@@ -316,8 +324,12 @@ def finetune(pipe, embedder: ClipEmbedder, concept: Concept, cfg: FinetuneConfig
             xb_u, xb_a = x_u[idx], x_a[idx]
             separation = -((t_c[0] - t_c[1]) ** 2).sum()
             pairing = _clip_loss(torch.cat([xb_u, xb_a]), t_p, scale)
-            margin = (F.relu(cfg.margin + xb_u @ t_c[1] - xb_u @ t_c[0]).mean()
-                      + F.relu(cfg.margin + xb_a @ t_c[0] - xb_a @ t_c[1]).mean())
+            # hinge on the certified radius itself (a margin on cos(x, t_u) - cos(x, t_a) is met
+            # by stretching t_u - t_a, which the separation term does anyway, and leaves radii as
+            # they were); unrelated scenes count as acceptable so they stay on c_a's side too
+            r_u = signed_radii(xb_u, t_c[0], t_c[1], scale, tau)
+            r_a = signed_radii(torch.cat([xb_a, x_other]), t_c[0], t_c[1], scale, tau)
+            margin = F.relu(cfg.margin - r_u).mean() + F.relu(cfg.margin + r_a).mean()
             keep = ((t_keep - preserve_ref) ** 2).sum(-1).mean()
             loss = (cfg.a_separation * separation + cfg.a_pairing * pairing + cfg.a_margin * margin
                     + cfg.a_preserve * keep)
