@@ -37,6 +37,15 @@ def test_trains_only_cross_attention_and_leaves_the_pipeline_alone(pipe, edit):
         trainable_names(pipe.unet, "everything")
 
 
+def test_timesteps_above_layout_t_keep_the_original_guidance(pipe):
+    # layout_t=0: every training timestep keeps the erased prompt's own guidance term, which the
+    # trainable copy already has, so nothing moves; the default moves the weights (test above)
+    kept = train_allbutone(pipe, get_concept("burning"), iterations=3, ddim_steps=5, layout_t=0)
+    params = dict(pipe.unet.named_parameters())
+    assert all(torch.equal(params[k], v.to(params[k].dtype)) for k, v in kept.tensors.items())
+    assert kept.config["layout_t"] == 0
+
+
 def test_lora_edit_is_merged_into_plain_weights(pipe):
     lora = train_allbutone(pipe, get_concept("burning"), iterations=2, ddim_steps=5, lora_rank=2)
     params = dict(pipe.unet.named_parameters())

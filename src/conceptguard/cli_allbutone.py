@@ -19,6 +19,7 @@ def train_allbutone_cmd(concept: str = typer.Option(..., "--concept", help="Conc
                         params: str = typer.Option("xattn", "--params", help="Trainable weights: xattn (cross-attention), attn, or full."),
                         lora: int = typer.Option(0, "--lora", min=0, help="LoRA rank (peft); 0 trains the weights directly."),
                         iterations: int = typer.Option(150, "--iterations", min=1),
+                        layout_t: int = typer.Option(700, "--layout-t", min=0, max=1000, help="Above this timestep the erased prompt keeps its own guidance, so the layout is the original's (1000: the published loss at every timestep)."),
                         model: Optional[str] = typer.Option(None, "--model", help="Base pipeline (default: the mini SD)."),
                         seed: int = typer.Option(0, "--seed")) -> None:
     """All but One: move the erased concept's guidance term onto the alternative's, keeping the
@@ -38,6 +39,7 @@ def train_allbutone_cmd(concept: str = typer.Option(..., "--concept", help="Conc
     with _progress() as bar:
         task = bar.add_task(f"All but One {c.name}", total=iterations, info="")
         edit = train_allbutone(pipe, c, alternative, seed=seed, params=params, lora_rank=lora, iterations=iterations,
+                               layout_t=layout_t,
                                progress=lambda i, n, loss: bar.update(task, completed=i, info=f"loss {loss:.5f}"))
     edit.config["base_model"] = model or "miniworld"
     edit.save_pretrained(out)

@@ -4,6 +4,8 @@ toward the alternative's, and keep the unconditional score where it was (spec: a
     L = || [eps_t(x_t, c_e) - eps_t(x_t, "")] - [eps_o(x_t, c_alt) - eps_o(x_t, "")] ||^2
         + lambda * || eps_t(x_t, "") - eps_o(x_t, "") ||^2  (+ mu * retain term)
 
+with c_alt replaced by c_e itself (keep the guidance term) at timesteps above `layout_t`.
+
 eps_o is the frozen original, eps_t a trainable copy. c_e are prompts with the concept (training
 phrasings, in the mini world's scene contexts) and c_alt their twins with the alternative, so
 the alternative is drawn in the layout the erased prompt would have had. x_t comes from partial
@@ -28,7 +30,15 @@ from conceptguard.defenses.baselines.weight_edit import WeightEdit
 from conceptguard.errors import InvalidInputError
 
 # Same step budget and sampling as the ESD mini preset, so the two compare at equal cost.
-MINI = dict(iterations=150, lr=3e-4, ddim_steps=25, start_guidance=3.0, batch=4, lam=1.0, mu=0.5)
+# layout_t: above this timestep the edit keeps the erased prompt's own guidance term (our
+# addition; 1000 = the published loss at every timestep). The layout, background and size of
+# the picture are decided in the first, noisiest steps and the concept's details later: on the
+# mini SD, switching the prompt from "a burning X" to "a calm X" after 8 of 25 DDIM steps
+# (t > 700 kept) removes the flames from every image and keeps the original picture better
+# (spatial consistency 0.904) than the alternative prompt from the start (0.864). lr 6e-4
+# (ESD's 3e-4 gave a weaker edit below t = 700, where purification regenerates: flames removed
+# from 0.78 of renders vs 0.88, burning, seed 0).
+MINI = dict(iterations=150, lr=6e-4, ddim_steps=25, start_guidance=3.0, batch=4, lam=1.0, mu=0.5, layout_t=700)
 PARAM_SETS = ("xattn", "attn", "full")
 
 
@@ -84,11 +94,12 @@ def train_allbutone(pipe, concept: Concept, alternative: str | None = None, seed
         z = torch.randn((len(batch), unet.config.in_channels, size, size), generator=gen)
         z = sample_until(frozen, scheduler, z, c_e, uncond, hp["start_guidance"], n_steps)  # the original's x_t
         t = min(int(scheduler.timesteps[n_steps]) + int(rng.integers(0, stride)), scheduler.config.num_train_timesteps - 1)
+        target = c_e if t > hp["layout_t"] else c_alt  # the noisiest steps keep the layout
         t = torch.full((len(batch),), t)
         c_r = emb_retain[torch.from_numpy(rng.integers(0, len(retain), len(batch)))]
         with torch.no_grad():
             o_0, o_alt, o_r = frozen(torch.cat([z] * 3), torch.cat([t] * 3),
-                                     encoder_hidden_states=torch.cat([uncond, c_alt, c_r])).sample.chunk(3)
+                                     encoder_hidden_states=torch.cat([uncond, target, c_r])).sample.chunk(3)
         t_0, t_e, t_r = unet(torch.cat([z] * 3), torch.cat([t] * 3),
                              encoder_hidden_states=torch.cat([uncond, c_e, c_r])).sample.chunk(3)
         loss = (F.mse_loss(t_e - t_0, o_alt - o_0) + hp["lam"] * F.mse_loss(t_0, o_0)
