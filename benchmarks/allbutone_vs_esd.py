@@ -5,7 +5,7 @@ on `unacceptable` and `paraphrase`, the alternative rate (the alternative drawn 
 consistency with the original model's images, prompt following on the *other* concepts'
 acceptable prompts (preservation), and All but One's purification of rendered concept images.
 
-    python benchmarks/allbutone_vs_esd.py [--concepts burning] [--n 32] [--json]
+    python benchmarks/allbutone_vs_esd.py [--concepts burning] [--n 32] [--seed 0] [--json]
 """
 
 from __future__ import annotations
@@ -79,10 +79,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", default="burning")
     parser.add_argument("--n", type=int, default=32, help="prompts per set")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of both edits; prompts and renders follow it")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     pipe, oracle = load_pipeline(), load_oracle()
-    results = [compare(c.strip(), args.n, pipe, oracle) for c in args.concepts.split(",")]
+    results = [compare(c.strip(), args.n, pipe, oracle, args.seed) for c in args.concepts.split(",")]
     if args.json:
         print(json.dumps(results, indent=1))
         return

@@ -54,7 +54,7 @@ def purify_cmd(images: list[Path] = typer.Argument(..., help="Images that show t
                prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt naming the concept for inversion (default: the edit's concept phrase)."),
                model: Optional[str] = typer.Option(None, "--model", help="Base pipeline the edit was trained on (default: the mini SD)."),
                guidance: float = typer.Option(7.5, "--guidance", min=0.0, help="Classifier-free guidance of the regeneration."),
-               strength: float = typer.Option(0.6, "--strength", min=0.01, max=1.0, help="Share of the DDIM schedule inverted and regenerated (1: from pure noise)."),
+               strength: float = typer.Option(0.7, "--strength", min=0.01, max=1.0, help="Share of the DDIM schedule inverted and regenerated (1: from pure noise)."),
                as_json: bool = typer.Option(False, "--json", help="Print the written files as JSON.")) -> None:
     """Concept purification: DDIM-invert each image with the original model, regenerate it with
     the edited one; the concept is replaced by the alternative, the layout kept."""

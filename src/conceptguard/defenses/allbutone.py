@@ -163,14 +163,14 @@ def ddim_invert(pipe, image: torch.Tensor, cond: torch.Tensor, steps: int = 25,
 
 
 def purify(pipe, edit: WeightEdit, images: list[Image.Image], prompt: str, steps: int = 25,
-           guidance: float = 7.5, strength: float = 0.6) -> list[Image.Image]:
+           guidance: float = 7.5, strength: float = 0.7) -> list[Image.Image]:
     """Invert each image with the original model under `prompt` (which names the erased concept),
     then run DDIM from that latent with the edited model and the same prompt.
 
-    Defaults measured on 32 burning renders (the benchmark checks other renders): full inversion
-    without guidance removed the flames from 0.59; guidance 7.5 from a 60%-inverted latent
-    removes them from 0.88 and keeps the background in 0.97 (full inversion at guidance 5: 0.84
-    / 0.88 -- deeper inversion loses the layout)."""
+    `strength` trades removal against layout. Measured on 96 burning renders with the default
+    edit (training seeds 0 / 1; flames removed, background kept): 0.5 -> 0.70 / 0.65 removed,
+    1.00 kept; 0.6 -> 0.84 / 0.80, 0.98; 0.7 -> 0.94 / 0.92, 0.93 / 0.94; 0.8 -> 0.97, 0.88 /
+    0.91. Full inversion without guidance removed the flames from only 0.59."""
     from diffusers import DDIMScheduler
 
     from conceptguard.guard import GuardedPipeline
