@@ -133,3 +133,14 @@ def test_esd_trains_only_its_parameter_set(tiny, variant):
     assert len(losses) == 2 and np.isfinite(losses).all()
     assert edit.tensors and all(("attn2" in k) == (variant == "x") for k in edit.tensors)
     assert edit.config["concept"] == "burning" and edit.config["method"] == "ESD"
+
+
+def test_trained_defense_cache_is_keyed_by_weights_and_recipe(tiny, tmp_path):
+    from conceptguard.defenses.allbutone import MINI
+    from conceptguard.defenses.registry import BuildContext
+
+    ctx = BuildContext(tiny, tmp_path, model_id="tiny")
+    folder = ctx.trained_dir("allbutone", "burning", MINI)
+    assert folder == ctx.trained_dir("allbutone", "burning", dict(MINI))
+    assert folder != ctx.trained_dir("allbutone", "burning", {**MINI, "layout_t": 1000})  # a changed default retrains
+    assert folder != BuildContext(tiny, tmp_path, model_id="other").trained_dir("allbutone", "burning", MINI)

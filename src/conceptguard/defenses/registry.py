@@ -8,7 +8,9 @@ cache afterwards, keyed by method, concept and base model.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import importlib
+import json
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -40,12 +42,15 @@ class BuildContext:
             self._embedder = ClipEmbedder(*load_clip(self.clip_id))
         return self._embedder
 
-    def trained_dir(self, method: str, concept: str) -> Path:
+    def trained_dir(self, method: str, concept: str, recipe: object) -> Path:
         """Cache folder of a trained defense, keyed by the base model's id *and* weights, so a
-        retrained model never picks up edits made for its predecessor."""
+        retrained model never picks up edits made for its predecessor, and by the training
+        `recipe` (the method's hyper-parameters), so a changed default retrains instead of
+        loading what the old one made."""
         with torch.no_grad():
             weights = ",".join(f"{p.double().sum().item():.10e}" for p in list(self.pipe.unet.parameters())[:8])
-        key = hashlib.sha256(f"{self.model_id}|{weights}".encode()).hexdigest()[:10]
+        settings = json.dumps(asdict(recipe) if is_dataclass(recipe) else recipe, sort_keys=True, default=str)
+        key = hashlib.sha256(f"{self.model_id}|{weights}|{settings}".encode()).hexdigest()[:10]
         return self.cache / "defenses" / f"{method}-{concept}-{key}-s{self.seed}"
 
 
@@ -85,11 +90,16 @@ def _safety_checker(c: Concept, ctx: BuildContext) -> list[Defense]:
     return [f]
 
 
-def _trained(method: str, train: Callable) -> Builder:
+def _recipe(module: str, name: str) -> Callable[[], object]:
+    """A method's default hyper-parameters, read when a defense is built (modules load lazily)."""
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+def _trained(method: str, train: Callable, recipe: Callable[[], object]) -> Builder:
     def build(c: Concept, ctx: BuildContext) -> list[Defense]:
         from conceptguard.defenses.baselines.weight_edit import WeightEdit
 
-        folder = ctx.trained_dir(method, c.name)
+        folder = ctx.trained_dir(method, c.name, recipe())
         if (folder / "config.json").exists():
             return [WeightEdit.from_pretrained(folder)]
         edit = train(c, ctx)
@@ -104,7 +114,7 @@ def _esd(variant: str) -> Builder:
 
         report = (lambda i, n, loss: ctx.progress(f"train esd-{variant} {c.name}", i, n)) if ctx.progress else None
         return train_esd(ctx.pipe, c, variant, seed=ctx.seed, progress=report)
-    return _trained(f"esd-{variant}", train)
+    return _trained(f"esd-{variant}", train, _recipe("conceptguard.defenses.baselines.esd", "MINI"))
 
 
 def _allbutone(c: Concept, ctx: BuildContext):
@@ -134,15 +144,16 @@ def _espresso_ft(c: Concept, ctx: BuildContext) -> list[Defense]:
     from conceptguard.defenses.espresso import FinetuneConfig, load_or_finetune
 
     report = (lambda i, n, loss: ctx.progress(f"train espresso-ft {c.name}", i, n)) if ctx.progress else None
-    return [load_or_finetune(ctx.trained_dir("espresso-ft", c.name), ctx.pipe, ctx.embedder, c,
-                             FinetuneConfig(seed=ctx.seed), progress=report)]
+    cfg = FinetuneConfig(seed=ctx.seed)
+    return [load_or_finetune(ctx.trained_dir("espresso-ft", c.name, cfg), ctx.pipe, ctx.embedder, c, cfg,
+                             progress=report)]
 
 
 def _sanitizer(alpha: float) -> Builder:
     def build(c: Concept, ctx: BuildContext) -> list[Defense]:
-        from conceptguard.defenses.sanitizer import SanitizerDefense, train_sanitizer
+        from conceptguard.defenses.sanitizer import SanitizerConfig, SanitizerDefense, train_sanitizer
 
-        folder = ctx.trained_dir("sanitizer", c.name)
+        folder = ctx.trained_dir("sanitizer", c.name, SanitizerConfig())
         name = "sanitizer" if alpha == 1 else f"sanitizer-a{alpha:g}"
         if (folder / "config.json").exists():
             return [SanitizerDefense.from_pretrained(folder, alpha, name)]
@@ -157,9 +168,9 @@ def _sanitizer(alpha: float) -> Builder:
 
 def _steerdiff(eps: float = 0.88, spans_only: bool = False) -> Builder:
     def build(c: Concept, ctx: BuildContext) -> list[Defense]:
-        from conceptguard.defenses.steerdiff import SteerDiff, train_steerdiff
+        from conceptguard.defenses.steerdiff import SteerDiff, SteerDiffConfig, train_steerdiff
 
-        folder = ctx.trained_dir("steerdiff", c.name)
+        folder = ctx.trained_dir("steerdiff", c.name, SteerDiffConfig())
         name = "steerdiff" + ("-spans" if spans_only else "") + ("" if eps == 0.88 else f"-e{eps:g}")
         if not (folder / "config.json").exists():
             report = (lambda i, n, loss: ctx.progress(f"train steerdiff {c.name}", i, n)) if ctx.progress else None
@@ -177,12 +188,12 @@ BUILDERS: dict[str, Builder] = {
     "safety-checker": _safety_checker,
     "esd-x": _esd("x"),
     "esd-u": _esd("u"),
-    "uce": _trained("uce", _uce),
+    "uce": _trained("uce", _uce, _recipe("conceptguard.defenses.baselines.uce", "PAPER")),
 }
 BASELINES = tuple(BUILDERS)
 BUILDERS.update({"espresso": _espresso, "espresso-ft": _espresso_ft, "sanitizer": _sanitizer(1.0),
                  **{f"sanitizer-a{a:g}": _sanitizer(a) for a in (0.0, 0.5, 2.0)},
-                 "allbutone": _trained("allbutone", _allbutone),
+                 "allbutone": _trained("allbutone", _allbutone, _recipe("conceptguard.defenses.allbutone", "MINI")),
                  "steerdiff": _steerdiff(), "steerdiff-spans": _steerdiff(spans_only=True),
                  **{f"steerdiff-e{e:g}": _steerdiff(e) for e in (0.25, 0.5, 0.75, 1.0)}})
 
