@@ -52,7 +52,11 @@ DEFAULTS = {
     "oracle": StageConfig(steps=2000, batch=96, lr=2e-3),
     "unet": StageConfig(steps=6000, batch=64, lr=4e-4, warmup=300, checkpoint_every=500),
     "unet_focus": StageConfig(steps=2000, batch=64, lr=1e-4, warmup=100, checkpoint_every=250),
+    "unet_focus2": StageConfig(steps=3000, batch=64, lr=1e-4, warmup=100, checkpoint_every=500),
 }
+# The focus phase runs in rounds; round r draws its batches from seed + r and starts from the
+# previous round's weights as shipped (fp16), which is how round 2 was first run and measured
+FOCUS_ROUNDS = ("unet_focus", "unet_focus2")
 N_TRAIN = 50_000
 CAPTION_DROPOUT = 0.1
 CLIP_RECIPE = "negclip-shape+text-shape-head"  # hard negatives (_caption_batch), shape head (train_clip)
@@ -508,8 +512,12 @@ def train_world(seed: int = 0, only: str | None = None, report: Reporter | None 
             vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
             text_encoder = CLIPTextModel.from_pretrained(root / "pipeline" / "text_encoder")
             unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed, cfg, report)
-            unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed,
-                              _stage_config("unet_focus", steps, checkpoint_every), report, init=unet, stage="unet_focus")
+            for r, name in enumerate(FOCUS_ROUNDS):
+                if r:
+                    unet = unet.to(torch.float16).float()
+                shown = report and (lambda _, *rest, name=name: report(name, *rest))  # one bar per round
+                unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed + r,
+                                  _stage_config(name, steps, checkpoint_every), shown, init=unet, stage="unet_focus")
             export.export_diffusers_model(unet, "unet", root, half=True)
         times[stage] = time.time() - t0
         write_manifest(root)
