@@ -75,3 +75,14 @@ def test_training_scenes_skip_heldout_combos():
     pairs = {(s.color, s.shape) for s in (sample_scene(rng) for _ in range(2000))}
     assert not pairs & set(HELDOUT_COMBOS)
     assert len(pairs) == 48 - len(HELDOUT_COMBOS)
+
+
+def test_the_oracles_training_set_has_every_combo(tmp_path, monkeypatch):
+    """The judge is trained on the held-out combinations too: it judges the generator on them."""
+    from conceptguard.miniworld.data import cached_render_set
+
+    monkeypatch.setenv("CONCEPTGUARD_CACHE", str(tmp_path))
+    _, generator_scenes = cached_render_set(600, seed=0)
+    _, judge_scenes = cached_render_set(600, seed=0, allow_heldout=True)
+    assert not {(s.color, s.shape) for s in generator_scenes} & set(HELDOUT_COMBOS)
+    assert {(s.color, s.shape) for s in judge_scenes} & set(HELDOUT_COMBOS)

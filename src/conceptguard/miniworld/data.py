@@ -57,12 +57,13 @@ def render_set(n: int, seed: int, allow_heldout: bool = False, workers: int | No
     return np.concatenate(images), [Scene(**s) for s in scenes]
 
 
-def cached_render_set(n: int, seed: int, progress=None) -> tuple[np.ndarray, list[Scene]]:
-    """The training set, rendered once and kept in the cache directory."""
-    path = cache_dir() / f"renders_n{n}_s{seed}"
+def cached_render_set(n: int, seed: int, progress=None, allow_heldout: bool = False) -> tuple[np.ndarray, list[Scene]]:
+    """The training set, rendered once and kept in the cache directory (`allow_heldout`: with the
+    attribute combinations held out of the generator's training too)."""
+    path = cache_dir() / f"renders_n{n}_s{seed}{'_all' if allow_heldout else ''}"
     if (path / "images.npy").exists() and (path / "scenes.json").exists():
         return np.load(path / "images.npy"), [Scene(**s) for s in json.loads((path / "scenes.json").read_text())]
-    images, scenes = render_set(n, seed, progress=progress)
+    images, scenes = render_set(n, seed, allow_heldout=allow_heldout, progress=progress)
     path.mkdir(parents=True, exist_ok=True)
     np.save(path / "images.npy", images)
     (path / "scenes.json").write_text(json.dumps([asdict(s) for s in scenes]))

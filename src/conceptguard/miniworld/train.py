@@ -60,6 +60,7 @@ FOCUS_ROUNDS = ("unet_focus", "unet_focus2")
 N_TRAIN = 50_000
 CAPTION_DROPOUT = 0.1
 CLIP_RECIPE = "negclip-shape+text-shape-head"  # hard negatives (_caption_batch), shape head (train_clip)
+ORACLE_RECIPE = "all-combinations"  # trained on renders of every attribute combination
 TEXT_SHAPE_WEIGHT = 0.5
 EMA_DECAY = 0.999
 
@@ -372,7 +373,7 @@ def train_oracle(images: np.ndarray, scenes: list[Scene], seed: int, cfg: StageC
         loss = F.binary_cross_entropy_with_logits(out["marks"], targets["marks"][idx])
         return loss + sum(F.cross_entropy(out[h], targets[h][idx]) for h in ATTRIBUTE_HEADS)
 
-    _run("oracle", seed, net, step, cfg, report)
+    _run("oracle", seed, net, step, cfg, report, variant=ORACLE_RECIPE)
     return net.eval()
 
 
@@ -503,10 +504,13 @@ def train_world(seed: int = 0, only: str | None = None, report: Reporter | None 
         elif stage == "oracle":
             from conceptguard.miniworld.oracle import Oracle
 
+            # the judge reads every combination, also those held out of the generator's training
+            # (it judges the generator on them); the other models never see those
+            o_images, o_scenes = cached_render_set(n_train, seed, allow_heldout=True)
             recon = None
             if (root / "pipeline" / "vae" / "config.json").exists():
-                recon = reconstruct(AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval(), images)
-            net = train_oracle(images, scenes, seed, cfg, report, reconstructions=recon)
+                recon = reconstruct(AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval(), o_images)
+            net = train_oracle(o_images, o_scenes, seed, cfg, report, reconstructions=recon)
             Oracle(net).save_pretrained(root / "oracle")
         else:
             vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
