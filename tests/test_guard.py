@@ -144,3 +144,10 @@ def test_trained_defense_cache_is_keyed_by_weights_and_recipe(tiny, tmp_path):
     assert folder == ctx.trained_dir("allbutone", "burning", dict(MINI))
     assert folder != ctx.trained_dir("allbutone", "burning", {**MINI, "layout_t": 1000})  # a changed default retrains
     assert folder != BuildContext(tiny, tmp_path, model_id="other").trained_dir("allbutone", "burning", MINI)
+    weight = next(tiny.vae.decoder.parameters())
+    with torch.no_grad():  # a new VAE decoder (Espresso's fine-tune learns from decoded images) retrains too
+        weight.add_(0.01)
+        try:
+            assert folder != ctx.trained_dir("allbutone", "burning", MINI)
+        finally:
+            weight.sub_(0.01)

@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conceptguard.miniworld.paths import WEIGHTS_DIR
@@ -71,3 +72,42 @@ def test_checkpoint_folder_is_the_same_in_every_process():
     names = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-2]
              for _ in range(3)}
     assert len(names) == 1
+
+
+def test_decoder_finetune_keeps_the_encoder_and_so_the_unets_latents(tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    from conceptguard.miniworld.architectures import vae_config
+    from conceptguard.miniworld.data import render_set
+    from conceptguard.miniworld.train import StageConfig, finetune_decoder
+
+    monkeypatch.setenv("CONCEPTGUARD_CACHE", str(tmp_path / "cache"))
+    images, scenes = render_set(64, seed=0, workers=1)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**vae_config())
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    finetune_decoder(vae, images, scenes, seed=0, cfg=StageConfig(steps=2, batch=4, lr=1e-2, warmup=1))
+    after = vae.state_dict()
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and decoder and len(encoder) + len(decoder) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    assert all(p.requires_grad for p in vae.parameters())  # handed back trainable, as it came
+
+
+def test_reconstructions_from_noisy_latents_are_seeded():
+    from diffusers import AutoencoderKL
+
+    from conceptguard.miniworld.architectures import vae_config
+    from conceptguard.miniworld.data import render_set
+    from conceptguard.miniworld.train import reconstruct
+
+    images, _ = render_set(8, seed=0, workers=1)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**vae_config()).eval()
+    clean = reconstruct(vae, images)
+    noisy = reconstruct(vae, images, latent_noise=0.5, seed=3)
+    assert clean.shape == noisy.shape == images.shape and clean.dtype == np.uint8
+    assert np.array_equal(noisy, reconstruct(vae, images, latent_noise=0.5, seed=3))
+    assert not np.array_equal(noisy, clean) and not np.array_equal(noisy, reconstruct(vae, images, latent_noise=0.5, seed=4))

@@ -19,6 +19,15 @@ from conceptguard.miniworld.paths import clip_dir, is_shipped, pipeline_dir, ver
 MINIWORLD = "miniworld"
 
 
+@torch.no_grad()
+def weights_fingerprint(*models: torch.nn.Module) -> str:
+    """A short hash of the models' weights (per-tensor sums): cache keys of what was trained on them."""
+    import hashlib
+
+    sums = [f"{p.double().sum().item():.10e}" for m in models for p in m.parameters()]
+    return hashlib.sha256(",".join(sums).encode()).hexdigest()[:16]
+
+
 def _resolve(model: str | Path | None, default: Path) -> tuple[str, bool]:
     """-> (id or path to pass to from_pretrained, whether it is a local folder)."""
     if model is None or str(model) == MINIWORLD:

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from conceptguard.concepts import Concept
 from conceptguard.defenses.base import Defense
@@ -46,9 +45,12 @@ class BuildContext:
         """Cache folder of a trained defense, keyed by the base model's id *and* weights, so a
         retrained model never picks up edits made for its predecessor, and by the training
         `recipe` (the method's hyper-parameters), so a changed default retrains instead of
-        loading what the old one made."""
-        with torch.no_grad():
-            weights = ",".join(f"{p.double().sum().item():.10e}" for p in list(self.pipe.unet.parameters())[:8])
+        loading what the old one made. The weights are the whole pipeline's: some defenses
+        (Espresso's fine-tune) learn from the images it decodes."""
+        from conceptguard.models import weights_fingerprint
+
+        pipe = self.pipe
+        weights = weights_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder)
         settings = json.dumps(asdict(recipe) if is_dataclass(recipe) else recipe, sort_keys=True, default=str)
         key = hashlib.sha256(f"{self.model_id}|{weights}|{settings}".encode()).hexdigest()[:10]
         return self.cache / "defenses" / f"{method}-{concept}-{key}-s{self.seed}"
