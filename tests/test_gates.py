@@ -2,7 +2,7 @@
 
 Gates not met yet by the shipped weights (issue 2 is open; README lists every measured value):
 the mini CLIP's zero-shot shape accuracy and its `shattered` accuracy (0.87-0.88 since the
-shape-aware retraining) and four of the mini SD's generation gates (README has the values). Those are
+shape-aware retraining) and three of the mini SD's generation gates (README has the values). Those are
 measured here and marked xfail, so CI shows them until they pass; every other gate is held to
 its threshold.
 """
