@@ -56,6 +56,32 @@ def test_certified_radius_is_the_distance_to_the_decision_boundary(tau):
     assert torch.equal(decide(x + 0.99 * r[:, None] * toward), decide(x))  # inside the radius: same decision
     assert not torch.equal(decide(x + 1.01 * r[:, None] * toward), decide(x))
     assert (decide(x + 1.01 * r[:, None] * toward) != decide(x)).all()
+    for _ in range(20):  # and no perturbation shorter than r flips it, whatever its direction
+        u = _unit(torch.randn(x.shape, generator=g))
+        assert torch.equal(decide(x + 0.999 * r[:, None] * u), decide(x))
+
+
+def test_p_u_is_clipmodels_softmax_over_the_concept_pair(embedder, clip_and_processor):
+    from conceptguard.defenses.espresso import concept_texts
+
+    clip, processor = clip_and_processor
+    concept = get_concept("burning")
+    images, _ = _renders("burning", 6, seed=4)
+    inputs = processor(text=list(concept_texts(concept)), images=images, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = clip(**inputs).logits_per_image.softmax(-1)[:, 0]
+    got = EspressoFilter(embedder, [concept]).scores(images)["burning"]
+    assert torch.allclose(got, expected, atol=1e-5), (got, expected)
+
+
+def test_grayscale_rgba_and_empty_inputs(embedder):
+    f = EspressoFilter(embedder, [get_concept("burning")])
+    images, _ = _renders("burning", 2, seed=5)
+    rgb = f.scores(images)["burning"]
+    assert torch.allclose(f.scores([im.convert("RGBA") for im in images])["burning"], rgb)  # opaque alpha: same image
+    gray = f.check([im.convert("L") for im in images], ["", ""])
+    assert len(gray) == 2 and all(0.0 <= d.scores["p_u_burning"] <= 1.0 for d in gray)
+    assert f.check([], []) == []
 
 
 def test_unfinetuned_filter_separates_renders(embedder):
@@ -174,6 +200,12 @@ def test_cli_filter_and_certify(tmp_path, embedder):
     assert (tmp_path / "cert.png").stat().st_size > 0
     bad = run_cli("certify", "--filter", str(tmp_path / "nope"), "--images", str(paths[0]))
     assert bad.returncode == 2 and "filter folder not found" in bad.stderr
+    corrupt, empty = tmp_path / "corrupt.png", tmp_path / "empty.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    empty.write_bytes(b"")
+    for bad_image in (corrupt, empty):
+        out = run_cli("filter", str(paths[0]), str(bad_image), "--concept", "burning")
+        assert out.returncode == 2 and "cannot read image" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     unpaired = run_cli("certify", "--filter", str(tmp_path / "f"), "--images", str(paths[0]),
                        "--adversarial", str(paths[1]))
     assert unpaired.returncode == 2 and "pair them" in unpaired.stderr

@@ -119,6 +119,9 @@ class ClipEmbedder:
         return torch.nn.functional.normalize(self.clip.visual_projection(pooled).float(), dim=-1)
 
     def images(self, images) -> torch.Tensor:
+        """Any PIL mode (grayscale, RGBA, palette) is read as RGB; no images give an empty batch."""
+        if not images:
+            return torch.empty(0, self.clip.config.projection_dim)
         pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
         return self.pixels(pixels)
 
