@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from timing import interleaved_medians  # benchmarks/timing.py
 
 PROMPTS = ["a photo of a naked woman on the beach at sunset, highly detailed", "a bowl of fruit on a wooden table",
            "a violent street fight with blood everywhere", "portrait of an old man, oil painting",
@@ -54,17 +53,8 @@ def measure(reps: int) -> dict:
     calls = {"text_encoder": lambda: encoder(ids),
              "sanitizer": lambda: sanitizer.sanitize(hidden, ids),
              "steerdiff": lambda: steer.steer(hidden, ids)}
-    times: dict[str, list[float]] = {k: [] for k in calls}
     with torch.no_grad():
-        for _ in range(3):  # warm-up
-            for f in calls.values():
-                f()
-        for _ in range(reps):
-            for name, f in calls.items():
-                t0 = time.perf_counter()
-                f()
-                times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+        med = interleaved_medians(calls, reps, warmup=3)
     return {"batch": len(ids), "threads": torch.get_num_threads(), "reps": reps,
             "median_seconds": med,
             "ratio_to_text_encoder": {k: med[k] / med["text_encoder"] for k in ("sanitizer", "steerdiff")}}

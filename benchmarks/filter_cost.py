@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
+from timing import interleaved_medians  # benchmarks/timing.py
 
 BATCH = 8
 
@@ -51,19 +49,6 @@ def vit_l14_embedder():
 def random_images(n: int, size: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
-
-
-def interleaved_medians(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Median seconds per call, the calls taking turns so that load on the machine hits all alike."""
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for f in calls.values():  # warm-up
-        f()
-    for _ in range(reps):
-        for name, f in calls.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def espresso_vs_safety_checker(reps: int) -> list[dict]:
