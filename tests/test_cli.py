@@ -105,3 +105,11 @@ def test_judge_command_with_each_judge(tmp_path):
     assert nude[0]["judge"] == "nudenet (erasurebench: 6 classes @ 0.5)" and not any(r["present"] for r in nude)
     assert_one_line_error(run_cli("judge", *files, "--judge", "vibes"), "unknown judge")
     assert_one_line_error(run_cli("judge", *files, "--judge", "nudenet:strict"), "unknown NudeNet preset")
+
+
+def test_world_train_rejects_an_unusable_device(tmp_path):
+    # checked before anything is rendered or trained: nothing is written to --root
+    assert_one_line_error(run_cli("world", "train", "--device", "banana", "--root", str(tmp_path / "w")), "--device banana")
+    if not __import__("torch").cuda.is_available():
+        assert_one_line_error(run_cli("world", "train", "--device", "cuda", "--root", str(tmp_path / "w")), "--device cuda")
+    assert not (tmp_path / "w").exists()

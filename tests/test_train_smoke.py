@@ -111,3 +111,19 @@ def test_reconstructions_from_noisy_latents_are_seeded():
     assert clean.shape == noisy.shape == images.shape and clean.dtype == np.uint8
     assert np.array_equal(noisy, reconstruct(vae, images, latent_noise=0.5, seed=3))
     assert not np.array_equal(noisy, clean) and not np.array_equal(noisy, reconstruct(vae, images, latent_noise=0.5, seed=4))
+
+
+@pytest.mark.slow
+def test_batch_workers_change_nothing(fresh_root, tmp_path, monkeypatch):
+    # every batch is a function of its step alone, so building them in worker processes (as on
+    # a GPU) gives the very weights an in-process run gives
+    from conceptguard.miniworld.train import Device, train_world
+
+    weights = {}
+    for workers in (0, 2):
+        monkeypatch.setenv("CONCEPTGUARD_CACHE", str(tmp_path / f"cache{workers}"))
+        train_world(seed=0, only="vae", root=fresh_root, steps={"vae": 3, "vae_decoder": 3}, n_train=256,
+                    device=Device("cpu", workers))
+        weights[workers] = load_file(fresh_root / "pipeline" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert weights[0].keys() == weights[2].keys()
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

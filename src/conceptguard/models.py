@@ -24,7 +24,7 @@ def weights_fingerprint(*models: torch.nn.Module) -> str:
     """A short hash of the models' weights (per-tensor sums): cache keys of what was trained on them."""
     import hashlib
 
-    sums = [f"{p.double().sum().item():.10e}" for m in models for p in m.parameters()]
+    sums = [f"{p.detach().cpu().double().sum().item():.10e}" for m in models for p in m.parameters()]
     return hashlib.sha256(",".join(sums).encode()).hexdigest()[:16]
 
 

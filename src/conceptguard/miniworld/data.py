@@ -39,7 +39,7 @@ def render_set(n: int, seed: int, allow_heldout: bool = False, workers: int | No
     chunk = 500
     jobs = [(seed, s, min(n, s + chunk), allow_heldout) for s in range(0, n, chunk)]
     images, scenes = [], []
-    workers = workers or min(2, os.cpu_count() or 1)
+    workers = workers or os.cpu_count() or 1
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
             for im, sc in pool.map(_render_chunk, jobs):

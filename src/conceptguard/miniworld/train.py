@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from conceptguard.miniworld import export
-from conceptguard.miniworld.architectures import (OracleNet, clip_config, scheduler_config,
+from conceptguard.miniworld.architectures import (LATENT_CHANNELS, OracleNet, clip_config, scheduler_config,
                                                   unet_config, vae_config)
+from conceptguard.miniworld.render import IMAGE_SIZE
 from conceptguard.miniworld.data import cache_dir, cached_render_set, to_tensor, to_uint8
 from conceptguard.miniworld.paths import WEIGHTS_DIR, write_manifest
 from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, HELDOUT_COMBOS, MARKS, SHAPES, Scene
@@ -143,11 +144,11 @@ class Checkpoint:
         folder = self.dir / f"step{step:07d}"
         folder.mkdir(parents=True, exist_ok=True)
         sd = opt.state_dict()
-        tensors = {f"{i}/{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+        tensors = {f"{i}/{k}": _cpu(v if torch.is_tensor(v) else torch.tensor(v))
                    for i, s in sd["state"].items() for k, v in s.items()}
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+        save_file({k: _cpu(v) for k, v in model.state_dict().items()}, folder / "model.safetensors")
         if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, folder / "ema.safetensors")
+            save_file({k: _cpu(v) for k, v in ema.state_dict().items()}, folder / "ema.safetensors")
         save_file(tensors, folder / "optimizer.safetensors")
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps({"step": step, "folder": folder.name, "param_groups": sd["param_groups"]}))
@@ -157,29 +158,85 @@ class Checkpoint:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def _run(stage: str, seed: int, model: torch.nn.Module, step_fn: Callable[[int], torch.Tensor],
-         cfg: StageConfig, report: Reporter | None, ema: torch.nn.Module | None = None,
-         variant: str = "") -> None:
-    """The shared loop: resume, step, clip gradients, checkpoint, report."""
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().contiguous()
+
+
+def _to(batch, device: str):
+    """A batch (tensors in dicts, lists and tuples) moved to `device`."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Batch k is `batch_fn(start + k)`: every batch is a pure function of its step, so worker
+    processes can build them ahead of the model without changing what it sees."""
+
+    def __init__(self, batch_fn: Callable[[int], dict], start: int, stop: int) -> None:
+        self.batch_fn, self.start, self.stop = batch_fn, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, k: int) -> dict:
+        return self.batch_fn(self.start + k)
+
+
+def _batches(batch_fn: Callable[[int], dict], start: int, stop: int, workers: int):
+    if not workers or stop <= start:
+        return (batch_fn(i) for i in range(start, stop))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers are forked
+    return iter(torch.utils.data.DataLoader(_StepBatches(batch_fn, start, stop), batch_size=None,
+                                            num_workers=workers, prefetch_factor=4,
+                                            multiprocessing_context="fork"))
+
+
+@dataclass
+class Device:
+    """Where a stage computes (`name`: "cpu", "cuda", ...) and how many processes build its
+    batches ahead of it (0: in the training process, right for a CPU that trains on every core)."""
+    name: str = "cpu"
+    workers: int = 0
+
+
+CPU = Device()
+
+
+def _run(stage: str, seed: int, model: torch.nn.Module, batch_fn: Callable[[int], dict],
+         loss_fn: Callable[[dict], torch.Tensor], cfg: StageConfig, report: Reporter | None,
+         ema: torch.nn.Module | None = None, variant: str = "", device: Device = CPU) -> None:
+    """The shared loop: resume, step, clip gradients, checkpoint, report. Step i trains on
+    `batch_fn(i)` -- built on the CPU from generators seeded by (seed, stage, i) -- so the
+    same steps are taken on any device, with or without batch workers."""
+    model.to(device.name)
+    if ema is not None:
+        ema.to(device.name)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     ckpt = Checkpoint(stage, seed, cfg, model, variant)
     start = ckpt.load(model, opt, ema)
-    for step in range(start, cfg.steps):
+    shown = float("nan")
+    for step, batch in zip(range(start, cfg.steps), _batches(batch_fn, start, cfg.steps, device.workers)):
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, step)
-        loss = step_fn(step)
+        loss = loss_fn(_to(batch, device.name))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if ema is not None:
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - EMA_DECAY)
+            with torch.no_grad():  # one fused update: a kernel per parameter would dominate a GPU step
+                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - EMA_DECAY)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             ckpt.save(step + 1, model, opt, ema)
         if report:
-            report(stage, step + 1, cfg.steps, float(loss.detach()))
+            if device.name == "cpu" or step % 20 == 0 or step + 1 == cfg.steps:
+                shown = float(loss.detach())  # reading the loss waits for the GPU: not every step
+            report(stage, step + 1, cfg.steps, shown)
     if report and start >= cfg.steps:
         report(stage, cfg.steps, cfg.steps, float("nan"))
 
@@ -197,33 +254,46 @@ def _reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(rec, x) + F.mse_loss(rec, x) + _edge_loss(rec, x)
 
 
-def _sample_latents(vae, x: torch.Tensor, g: torch.Generator):
+def _latent_noise(batch: int, g: torch.Generator) -> torch.Tensor:
+    """The standard normal draws that sample a batch's latents from the VAE's posterior."""
+    side = IMAGE_SIZE // 4
+    return torch.randn((batch, LATENT_CHANNELS, side, side), generator=g)
+
+
+def _sample_latents(vae, x: torch.Tensor, eps: torch.Tensor):
     post = vae.encode(x).latent_dist
-    return post, post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+    return post, post.mean + post.std * eps
 
 
-def train_vae(images: np.ndarray, seed: int, cfg: StageConfig, report: Reporter | None = None):
+def _image_batch(images: np.ndarray, idx: np.ndarray, g: torch.Generator) -> dict:
+    return {"x": to_tensor(images[idx]), "eps": _latent_noise(len(idx), g)}
+
+
+def train_vae(images: np.ndarray, seed: int, cfg: StageConfig, report: Reporter | None = None,
+              device: Device = CPU):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**vae_config())
 
-    def step(i: int) -> torch.Tensor:
+    def batch(i: int) -> dict:
         rng, g = _rng(seed, "vae", i)
-        x = to_tensor(images[rng.integers(0, len(images), cfg.batch)])
-        post, z = _sample_latents(vae, x, g)
-        return _reconstruction_loss(vae.decode(z).sample, x) + 1e-6 * post.kl().mean()
+        return _image_batch(images, rng.integers(0, len(images), cfg.batch), g)
 
-    _run("vae", seed, vae, step, cfg, report)
+    def loss(b: dict) -> torch.Tensor:
+        post, z = _sample_latents(vae, b["x"], b["eps"])
+        return _reconstruction_loss(vae.decode(z).sample, b["x"]) + 1e-6 * post.kl().mean()
+
+    _run("vae", seed, vae, batch, loss, cfg, report, device=device)
     vae.eval()
     with torch.no_grad():  # SD's convention: scaled latents have about unit variance
-        z = torch.cat([vae.encode(to_tensor(images[i:i + 512])).latent_dist.mean for i in range(0, min(4096, len(images)), 512)])
+        z = _encode_latents(vae, images[:4096], device.name)[0]
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     return vae
 
 
 def finetune_decoder(vae, images: np.ndarray, scenes: list[Scene], seed: int, cfg: StageConfig,
-                     report: Reporter | None = None):
+                     report: Reporter | None = None, device: Device = CPU):
     """Second VAE phase, like SD's fine-tuned ("ft-MSE") decoder: the encoder -- and so every
     latent the UNet learns from -- stays fixed while the decoder trains on, with half of each
     batch showing cracks or a face, the thin lines and small features it blurs most at 32x32."""
@@ -232,17 +302,21 @@ def finetune_decoder(vae, images: np.ndarray, scenes: list[Scene], seed: int, cf
     decoder.requires_grad_(True)
     marked = np.flatnonzero([s.cracks or s.face for s in scenes])
 
-    def step(i: int) -> torch.Tensor:
+    def batch(i: int) -> dict:
         rng, g = _rng(seed, "vae_decoder", i)
         idx = rng.integers(0, len(images), cfg.batch)
         focus = np.flatnonzero(rng.random(cfg.batch) < DECODER_FOCUS_SHARE)
         idx[focus] = marked[rng.integers(0, len(marked), len(focus))]
-        x = to_tensor(images[idx])
-        with torch.no_grad():
-            z = _sample_latents(vae, x, g)[1]
-        return _reconstruction_loss(vae.decode(z).sample, x)
+        return _image_batch(images, idx, g)
 
-    _run("vae_decoder", seed, decoder, step, cfg, report, variant=weights_fingerprint(vae.encoder, vae.quant_conv))
+    def loss(b: dict) -> torch.Tensor:
+        with torch.no_grad():
+            z = _sample_latents(vae, b["x"], b["eps"])[1]
+        return _reconstruction_loss(vae.decode(z).sample, b["x"])
+
+    vae.to(device.name)
+    _run("vae_decoder", seed, decoder, batch, loss, cfg, report, variant=weights_fingerprint(vae.encoder, vae.quant_conv),
+         device=device)
     vae.requires_grad_(True)
     return vae.eval()
 
@@ -252,30 +326,35 @@ def _tokenize(tokenizer, texts: list[str], pad_to_max: bool) -> torch.Tensor:
                      max_length=77, return_tensors="pt").input_ids
 
 
-def _caption_batch(clip, images: np.ndarray, scenes: list[Scene], tokenizer, rng: np.random.Generator,
-                   batch: int) -> tuple[SimpleNamespace, np.ndarray]:
-    """CLIP's contrastive loss on a random batch of renders, each with a fresh caption and a hard
-    negative: the same caption with another shape word (NegCLIP). In-batch captions differ in
-    colour, texture and background, so without the negatives CLIP matches them while ignoring
-    shape, and its text tower leaves "circle", "square" and "heart" nearly the same vector --
-    which is all the mini SD's UNet is then conditioned on."""
+def _caption_batch(images: np.ndarray, scenes: list[Scene], tokenizer, rng: np.random.Generator,
+                   batch: int) -> dict:
+    """A random batch of renders, each with a fresh caption and a hard negative: the same
+    caption with another shape word (NegCLIP). In-batch captions differ in colour, texture and
+    background, so without the negatives CLIP matches them while ignoring shape, and its text
+    tower leaves "circle", "square" and "heart" nearly the same vector -- which is all the mini
+    SD's UNet is then conditioned on."""
     idx = rng.integers(0, len(images), batch)
     texts, negatives = [], []
     for j in idx:
         state = rng.bit_generator.state
         texts.append(caption(scenes[j], rng))
         negatives.append(_shape_negative(scenes[j], state, rng))
-    valid = torch.tensor([n is not None and n != t for n, t in zip(negatives, texts)])
-    ids = _tokenize(tokenizer, texts + [n or "" for n in negatives], False)
-    out = clip(input_ids=ids, pixel_values=to_tensor(images[idx]))
+    return {"idx": torch.from_numpy(idx), "pixel_values": to_tensor(images[idx]),
+            "input_ids": _tokenize(tokenizer, texts + [n or "" for n in negatives], False),
+            "valid": torch.tensor([n is not None and n != t for n, t in zip(negatives, texts)]),
+            "shapes": torch.tensor([_named_shape(scenes[j], t) for j, t in zip(idx, texts)])}
+
+
+def _caption_loss(clip, b: dict) -> SimpleNamespace:
+    """CLIP's contrastive loss over the batch's captions, the hard negatives as extra columns."""
+    batch = len(b["idx"])
+    out = clip(input_ids=b["input_ids"], pixel_values=b["pixel_values"])
     img, txt = out.image_embeds, out.text_embeds  # both L2-normalised by CLIPModel
     logits = clip.logit_scale.exp() * img @ txt.T  # [B, 2B]: positives, then the negatives
-    logits[:, batch:] = logits[:, batch:].masked_fill(~valid[None, :], float("-inf"))
-    target = torch.arange(batch)
+    logits[:, batch:] = logits[:, batch:].masked_fill(~b["valid"][None, :], float("-inf"))
+    target = torch.arange(batch, device=logits.device)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :batch].T, target)) / 2
-    shapes = torch.tensor([_named_shape(scenes[j], t) for j, t in zip(idx, texts)])
-    return SimpleNamespace(loss=loss, image_embeds=img, text_pooled=out.text_model_output.pooler_output[:batch],
-                           shapes=shapes), idx
+    return SimpleNamespace(loss=loss, image_embeds=img, text_pooled=out.text_model_output.pooler_output[:batch])
 
 
 def _named_shape(scene: Scene, text: str) -> int:
@@ -298,7 +377,7 @@ def _shape_negative(scene: Scene, state: dict, rng: np.random.Generator) -> str 
 
 
 def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cfg: StageConfig,
-               report: Reporter | None = None):
+               report: Reporter | None = None, device: Device = CPU):
     from transformers import CLIPModel
 
     torch.manual_seed(seed)
@@ -309,12 +388,14 @@ def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cf
     head = torch.nn.Linear(clip.config.text_config.hidden_size, len(SHAPES))
     model = torch.nn.ModuleDict({"clip": clip, "text_shape_head": head})
 
-    def step(i: int) -> torch.Tensor:
-        rng, _ = _rng(seed, "clip", i)
-        out = _caption_batch(clip, images, scenes, tokenizer, rng, cfg.batch)[0]
-        return out.loss + TEXT_SHAPE_WEIGHT * F.cross_entropy(head(out.text_pooled), out.shapes, ignore_index=-100)
+    def batch(i: int) -> dict:
+        return _caption_batch(images, scenes, tokenizer, _rng(seed, "clip", i)[0], cfg.batch)
 
-    _run("clip", seed, model, step, cfg, report, variant=f"{CLIP_RECIPE}|{_config_text(clip)}")
+    def loss(b: dict) -> torch.Tensor:
+        out = _caption_loss(clip, b)
+        return out.loss + TEXT_SHAPE_WEIGHT * F.cross_entropy(head(out.text_pooled), b["shapes"], ignore_index=-100)
+
+    _run("clip", seed, model, batch, loss, cfg, report, variant=f"{CLIP_RECIPE}|{_config_text(clip)}", device=device)
     return clip.eval()
 
 
@@ -339,38 +420,45 @@ def _attribute_prompts() -> dict[str, tuple[list[str], Callable[[Scene], int | N
 
 
 def align_clip(clip, images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cfg: StageConfig,
-               report: Reporter | None = None):
+               report: Reporter | None = None, device: Device = CPU):
     """Second CLIP phase: the text tower stays frozen (the mini SD's text encoder is that tower),
     while the vision tower and both projections keep training on the caption loss plus short
     class prompts ("a photo of a heart", "a photo of a cracked object"), each image scored
     against the other prompts of its attribute. Full captions alone leave shape to the last."""
     clip.text_model.requires_grad_(False)
+    clip.to(device.name)
     heads = _attribute_prompts()
     with torch.no_grad():  # pooled outputs of the frozen text tower, projected anew each step
-        pooled = {k: clip.text_model(input_ids=_tokenize(tokenizer, texts, False)).pooler_output
+        pooled = {k: clip.text_model(input_ids=_tokenize(tokenizer, texts, False).to(device.name)).pooler_output
                   for k, (texts, _) in heads.items()}
 
-    def step(i: int) -> torch.Tensor:
+    def batch(i: int) -> dict:
         rng, _ = _rng(seed, "clip_align", i)
-        out, idx = _caption_batch(clip, images, scenes, tokenizer, rng, cfg.batch)
-        img = out.image_embeds
-        scale = clip.logit_scale.exp()
-        loss = out.loss
+        b = _caption_batch(images, scenes, tokenizer, rng, cfg.batch)
+        b["heads"] = {}
         for name, (prompts, target) in heads.items():
-            labels = [target(scenes[j]) for j in idx]
+            labels = [target(scenes[j]) for j in b["idx"].tolist()]
             rows = [k for k, y in enumerate(labels) if y is not None]
             if not rows:
                 continue
+            phrasing = torch.zeros(0, dtype=torch.long)
+            if name not in ("shape", "color"):  # c_a (index 0) vs one phrasing of c_u
+                phrasing = 1 + torch.from_numpy(rng.integers(0, len(prompts) - 1, len(rows)))
+            b["heads"][name] = (torch.tensor(rows), torch.tensor([labels[k] for k in rows]), phrasing)
+        return b
+
+    def loss(b: dict) -> torch.Tensor:
+        out = _caption_loss(clip, b)
+        img, scale, total = out.image_embeds, clip.logit_scale.exp(), out.loss
+        for name, (rows, y, phrasing) in b["heads"].items():
             txt = F.normalize(clip.text_projection(pooled[name]), dim=-1)
             logits = scale * img[rows] @ txt.T
-            y = torch.tensor([labels[k] for k in rows])
-            if name not in ("shape", "color"):  # c_a (index 0) vs one phrasing of c_u
-                phr = 1 + torch.from_numpy(rng.integers(0, len(prompts) - 1, len(rows)))
-                logits = torch.stack([logits[:, 0], logits.gather(1, phr[:, None])[:, 0]], 1)
-            loss = loss + 0.5 * F.cross_entropy(logits, y)
-        return loss
+            if len(phrasing):
+                logits = torch.stack([logits[:, 0], logits.gather(1, phrasing[:, None])[:, 0]], 1)
+            total = total + 0.5 * F.cross_entropy(logits, y)
+        return total
 
-    _run("clip_align", seed, clip, step, cfg, report, variant=CLIP_RECIPE)
+    _run("clip_align", seed, clip, batch, loss, cfg, report, variant=CLIP_RECIPE, device=device)
     clip.text_model.requires_grad_(True)
     return clip.eval()
 
@@ -397,7 +485,7 @@ def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def train_oracle(images: np.ndarray, scenes: list[Scene], seed: int, cfg: StageConfig,
                  report: Reporter | None = None, reconstructions: np.ndarray | None = None,
-                 recon_key: str = "") -> OracleNet:
+                 recon_key: str = "", device: Device = CPU) -> OracleNet:
     """`reconstructions` (the VAE's decodings of `images`) teach the oracle to read what the
     decoder really draws: half of each batch comes from them when given. `recon_key` names
     the VAE that made them (its weights' fingerprint), so a new decoder retrains the oracle."""
@@ -405,43 +493,47 @@ def train_oracle(images: np.ndarray, scenes: list[Scene], seed: int, cfg: StageC
     net = OracleNet()
     targets = _oracle_targets(scenes)
 
-    def step(i: int) -> torch.Tensor:
+    def batch(i: int) -> dict:
         rng, g = _rng(seed, "oracle", i)
         idx = torch.from_numpy(rng.integers(0, len(images), cfg.batch))
         picked = images[idx.numpy()]
         if reconstructions is not None:
             use = rng.random(cfg.batch) < 0.5
             picked = np.where(use[:, None, None, None], reconstructions[idx.numpy()], picked)
-        x = _degrade(to_tensor(picked), g)
-        out = net(x)
-        loss = F.binary_cross_entropy_with_logits(out["marks"], targets["marks"][idx])
-        return loss + sum(F.cross_entropy(out[h], targets[h][idx]) for h in ATTRIBUTE_HEADS)
+        return {"x": _degrade(to_tensor(picked), g), "targets": {h: t[idx] for h, t in targets.items()}}
 
-    _run("oracle", seed, net, step, cfg, report, variant=f"{ORACLE_RECIPE}|{recon_key}")
-    return net.eval()
+    def loss(b: dict) -> torch.Tensor:
+        out, y = net(b["x"]), b["targets"]
+        total = F.binary_cross_entropy_with_logits(out["marks"], y["marks"])
+        return total + sum(F.cross_entropy(out[h], y[h]) for h in ATTRIBUTE_HEADS)
+
+    _run("oracle", seed, net, batch, loss, cfg, report, variant=f"{ORACLE_RECIPE}|{recon_key}", device=device)
+    return net.cpu().eval()
 
 
 @torch.no_grad()
-def reconstruct(vae, images: np.ndarray, latent_noise: float = 0.0, seed: int = 0) -> np.ndarray:
+def reconstruct(vae, images: np.ndarray, latent_noise: float = 0.0, seed: int = 0, device: str = "cpu") -> np.ndarray:
     """The VAE's decoding of each image's posterior mean (uint8, like the renders), with, per
     image, Gaussian noise of a random level up to `latent_noise` latent standard deviations
     added first: the decoder's rendering of imperfect latents, like those a diffusion model
     ends on, which a judge trained on clean decodings misreads (README, world-v4)."""
-    means = torch.cat([vae.encode(to_tensor(images[i:i + 500])).latent_dist.mean for i in range(0, len(images), 500)])
+    means = _encode_latents(vae, images, device)[0]
     if latent_noise:
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, _RNG_IDS["oracle_recon"]]).generate_state(1)[0]))
         level = torch.rand(len(means), 1, 1, 1, generator=g) * latent_noise * means.std()
         means = means + level * torch.randn(means.shape, generator=g)
-    return np.concatenate([to_uint8(vae.decode(means[i:i + 500]).sample) for i in range(0, len(means), 500)])
+    return np.concatenate([to_uint8(vae.decode(means[i:i + 500].to(device)).sample.cpu())
+                           for i in range(0, len(means), 500)])
 
 
 @torch.no_grad()
-def _encode_latents(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_latents(vae, images: np.ndarray, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and standard deviations of `images` (on the CPU)."""
     means, stds = [], []
     for i in range(0, len(images), 500):
-        post = vae.encode(to_tensor(images[i:i + 500])).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
+        post = vae.encode(to_tensor(images[i:i + 500]).to(device)).latent_dist
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -456,7 +548,7 @@ def _concept_pools(scenes: list[Scene], weights: dict[str, int] | None = None) -
 
 def train_unet(images: np.ndarray, scenes: list[Scene], vae, text_encoder, tokenizer, seed: int,
                cfg: StageConfig, report: Reporter | None = None, init=None, stage: str = "unet",
-               concept_weights: dict[str, int] | None = None):
+               concept_weights: dict[str, int] | None = None, device: Device = CPU):
     """Denoising loss on captioned renders. With `init` (the first phase's EMA UNet) this is the
     focus phase: each concept is only 5-16% of the renders, too rare for the UNet to draw it
     reliably when asked, so half of every batch is a concept scene (concepts drawn uniformly)."""
@@ -471,30 +563,36 @@ def train_unet(images: np.ndarray, scenes: list[Scene], vae, text_encoder, token
     ema.requires_grad_(False)
     noise_sched = DDPMScheduler(**{k: v for k, v in scheduler_config().items()
                                    if k not in ("set_alpha_to_one",)})
-    text_encoder.eval().requires_grad_(False)
-    lat_mean, lat_std = _encode_latents(vae, images)
+    text_encoder.eval().requires_grad_(False).to(device.name)
+    lat_mean, lat_std = (t.to(device.name) for t in _encode_latents(vae.to(device.name), images, device.name))
     scale = vae.config.scaling_factor
     pools = [p for p in _concept_pools(scenes, concept_weights) if len(p)] if init is not None else []
+    latent_shape = (cfg.batch, *lat_mean.shape[1:])
 
-    def step(i: int) -> torch.Tensor:
+    def batch(i: int) -> dict:
         rng, g = _rng(seed, stage, i)
         idx = rng.integers(0, len(images), cfg.batch)
         for k in np.flatnonzero(rng.random(cfg.batch) < (FOCUS_SHARE if pools else 0.0)):
             pool = pools[rng.integers(len(pools))]
             idx[k] = pool[rng.integers(len(pool))]
         texts = ["" if rng.random() < CAPTION_DROPOUT else caption(scenes[j], rng) for j in idx]
-        with torch.no_grad():  # SD conditions on all 77 positions of the last hidden state
-            cond = text_encoder(_tokenize(tokenizer, texts, True))[0]
-        t_idx = torch.from_numpy(idx)
-        z0 = (lat_mean[t_idx] + lat_std[t_idx] * torch.randn(lat_mean[t_idx].shape, generator=g)) * scale
-        noise = torch.randn(z0.shape, generator=g)
+        eps = torch.randn(latent_shape, generator=g)  # samples z0 from the posterior
+        noise = torch.randn(eps.shape, generator=g)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch,), generator=g)
-        zt = noise_sched.add_noise(z0, noise, t)
-        return F.mse_loss(unet(zt, t, encoder_hidden_states=cond).sample, noise)
+        # SD conditions on all 77 positions of the last hidden state
+        return {"idx": torch.from_numpy(idx), "input_ids": _tokenize(tokenizer, texts, True),
+                "eps": eps, "noise": noise, "t": t}
+
+    def loss(b: dict) -> torch.Tensor:
+        with torch.no_grad():
+            cond = text_encoder(b["input_ids"])[0]
+        z0 = (lat_mean[b["idx"]] + lat_std[b["idx"]] * b["eps"]) * scale
+        zt = noise_sched.add_noise(z0, b["noise"], b["t"])
+        return F.mse_loss(unet(zt, b["t"], encoder_hidden_states=cond).sample, b["noise"])
 
     # the UNet learns from the encoder's latents only: a new decoder does not retrain it
     frozen = (text_encoder, vae.encoder, vae.quant_conv) + (() if init is None else (init,))
-    _run(stage, seed, unet, step, cfg, report, ema=ema, variant=weights_fingerprint(*frozen))
+    _run(stage, seed, unet, batch, loss, cfg, report, ema=ema, variant=weights_fingerprint(*frozen), device=device)
     return ema.eval()
 
 
@@ -524,15 +622,18 @@ def _stage_config(stage: str, steps: dict[str, int] | None = None, checkpoint_ev
 def train_world(seed: int = 0, only: str | None = None, report: Reporter | None = None,
                 root: Path = WEIGHTS_DIR, steps: dict[str, int] | None = None,
                 n_train: int = N_TRAIN, data_progress=None,
-                checkpoint_every: int | None = None) -> dict[str, float]:
+                checkpoint_every: int | None = None, device: Device = CPU) -> dict[str, float]:
     """Train the chosen stages (all by default) and export them into `root`.
 
     Returns the wall time of each stage in seconds. `steps` overrides step counts (the smoke
-    test trains each model for a few steps).
+    test trains each model for a few steps). `device` says where to compute; the batches are
+    the same on every device, the arithmetic is the device's own.
     """
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
+    if device.name.startswith("cuda"):
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     stages = STAGES if only is None else (only,)
     tokenizer = load_tokenizer(root)
     export.write_pipeline_skeleton(root)
@@ -540,17 +641,21 @@ def train_world(seed: int = 0, only: str | None = None, report: Reporter | None 
     if data_progress:
         data_progress(0)  # the set is ready (rendered now or read from the cache)
     times: dict[str, float] = {}
+
+    def phase(name: str) -> StageConfig:
+        return _stage_config(name, steps, checkpoint_every)
+
     for stage in stages:
-        cfg = _stage_config(stage, steps, checkpoint_every)
+        cfg = phase(stage)
         t0 = time.time()
         if stage == "vae":
-            vae = train_vae(images, seed, cfg, report)
-            vae = finetune_decoder(vae, images, scenes, seed, _stage_config("vae_decoder", steps, checkpoint_every), report)
-            export.export_diffusers_model(vae, "vae", root)
+            vae = train_vae(images, seed, cfg, report, device)
+            vae = finetune_decoder(vae, images, scenes, seed, phase("vae_decoder"), report, device)
+            export.export_diffusers_model(vae.cpu(), "vae", root)
         elif stage == "clip":
-            clip = train_clip(images, scenes, tokenizer, seed, cfg, report)
-            export.export_clip(align_clip(clip, images, scenes, tokenizer, seed, _stage_config("clip_align", steps, checkpoint_every),
-                                          report), root)
+            clip = train_clip(images, scenes, tokenizer, seed, cfg, report, device)
+            clip = align_clip(clip, images, scenes, tokenizer, seed, phase("clip_align"), report, device)
+            export.export_clip(clip.cpu(), root)
         elif stage == "oracle":
             from conceptguard.miniworld.oracle import Oracle
 
@@ -559,22 +664,24 @@ def train_world(seed: int = 0, only: str | None = None, report: Reporter | None 
             o_images, o_scenes = cached_render_set(n_train, seed, allow_heldout=True)
             recon, recon_key = None, ""
             if (root / "pipeline" / "vae" / "config.json").exists():
-                vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
-                recon, recon_key = reconstruct(vae, o_images, ORACLE_LATENT_NOISE, seed), weights_fingerprint(vae)
-            net = train_oracle(o_images, o_scenes, seed, cfg, report, reconstructions=recon, recon_key=recon_key)
+                vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval().to(device.name)
+                recon = reconstruct(vae, o_images, ORACLE_LATENT_NOISE, seed, device.name)
+                recon_key = weights_fingerprint(vae)
+            net = train_oracle(o_images, o_scenes, seed, cfg, report, reconstructions=recon, recon_key=recon_key,
+                               device=device)
             Oracle(net).save_pretrained(root / "oracle")
         else:
             vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
             text_encoder = CLIPTextModel.from_pretrained(root / "pipeline" / "text_encoder")
-            unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed, cfg, report)
+            unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed, cfg, report, device=device)
             for r, name in enumerate(FOCUS_ROUNDS):
                 if r:
                     unet = unet.to(torch.float16).float()
                 shown = report and (lambda _, *rest, name=name: report(name, *rest))  # one bar per round
-                unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed + r,
-                                  _stage_config(name, steps, checkpoint_every), shown, init=unet, stage="unet_focus",
-                                  concept_weights=FOCUS_WEIGHTS.get(name))
-            export.export_diffusers_model(unet, "unet", root, half=True)
+                unet = train_unet(images, scenes, vae, text_encoder, tokenizer, seed + r, phase(name), shown,
+                                  init=unet, stage="unet_focus", concept_weights=FOCUS_WEIGHTS.get(name),
+                                  device=device)
+            export.export_diffusers_model(unet.cpu(), "unet", root, half=True)
         times[stage] = time.time() - t0
         write_manifest(root)
     return times
