@@ -429,14 +429,18 @@ def main() -> None:
         message = " ".join(str(exc).split())
         print(f"conceptguard: error: {message}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         print("conceptguard: aborted", file=sys.stderr)
         sys.exit(130)
+    except (click.ClickException, typer.exceptions.TyperException) as exc:  # typer >= 0.2x raises its own click's
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: its help is the answer
+            exc.show()
+            sys.exit(2)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"conceptguard: error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
     except KeyboardInterrupt:
         print("conceptguard: interrupted (training resumes from its last checkpoint)", file=sys.stderr)
         sys.exit(130)
