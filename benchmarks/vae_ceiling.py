@@ -4,7 +4,7 @@ A generated image is a VAE decoding, so the oracle's recall on decodings of true
 most any UNet could reach on the concept gates. Renders come from this checkout's renderer, so
 on a branch that draws the marks differently this measures that world with the given weights.
 
-    python benchmarks/vae_ceiling.py [--vae DIR ...] [--n 400] [--seed 5000] [--json]
+    python benchmarks/vae_ceiling.py [--vae DIR ...] [--oracle DIR] [--n 400] [--seed 5000] [--json]
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ def decode_renders(vae, images: np.ndarray) -> np.ndarray:
     return to_uint8(vae.decode(vae.encode(to_tensor(images)).latent_dist.mean).sample)
 
 
-def measure(vaes: dict, n: int, seed: int) -> list[dict]:
+def measure(vaes: dict, n: int, seed: int, oracle_dir: Path | None = None) -> list[dict]:
     from conceptguard.miniworld.gates import concept_images
     from conceptguard.miniworld.world import CONCEPTS
     from conceptguard.models import load_oracle
 
-    oracle = load_oracle()
+    oracle = load_oracle(oracle_dir)
     rows = []
     for k, c in enumerate(CONCEPTS):
         images, present = concept_images(c, n, seed + k)  # half show the concept, half its twin
@@ -54,13 +54,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vae", type=Path, nargs="*", default=[], help="more VAE folders (the shipped one is always measured)")
+    parser.add_argument("--oracle", type=Path, default=None, help="judge folder (default: the shipped oracle)")
     parser.add_argument("--n", type=int, default=400, help="renders per concept")
     parser.add_argument("--seed", type=int, default=5000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     folders = {"shipped": WEIGHTS_DIR / "pipeline" / "vae", **{str(p): p for p in args.vae}}
     vaes = {name: AutoencoderKL.from_pretrained(path).eval() for name, path in folders.items()}
-    rows = measure(vaes, args.n, args.seed)
+    rows = measure(vaes, args.n, args.seed, args.oracle)
     if args.json:
         print(json.dumps(rows, indent=1))
         return
