@@ -20,22 +20,21 @@ import numpy as np
 def compare(concept: str, n: int, pipe, oracle, seed: int = 0) -> dict:
     from PIL import Image
 
-    from conceptguard.concepts import get_concept
     from conceptguard.defenses.allbutone import purify, train_allbutone
     from conceptguard.defenses.baselines.esd import train_esd
     from conceptguard.eval.metrics import alternative_shown, spatial_consistency
-    from conceptguard.eval.prompts import miniworld_set
     from conceptguard.guard import GuardedPipeline
-    from conceptguard.miniworld.gates import concept_images
+    from conceptguard.miniworld.domain import MiniWorld, concept_renders
     from conceptguard.miniworld.oracle import labels_match
     from conceptguard.miniworld.world import CONCEPT_BY_NAME, world_concept
 
-    c = get_concept(concept)
+    mini = MiniWorld()
+    c = mini.concept(concept)
     t0 = time.perf_counter()
     esd = train_esd(pipe, c, "x", seed=seed)
     t_esd = time.perf_counter() - t0
     t0 = time.perf_counter()
-    abo = train_allbutone(pipe, c, seed=seed)
+    abo = train_allbutone(pipe, mini, c, seed=seed)
     t_abo = time.perf_counter() - t0
     models = {"none": GuardedPipeline(pipe, []), "esd-x": GuardedPipeline(pipe, [esd]),
               "allbutone": GuardedPipeline(pipe, [abo])}
@@ -43,26 +42,26 @@ def compare(concept: str, n: int, pipe, oracle, seed: int = 0) -> dict:
                     "train_time_ratio_allbutone_over_esd": t_abo / t_esd}
     images: dict = {}
     for set_name in ("unacceptable", "paraphrase"):
-        items = miniworld_set(concept, set_name, n, seed=seed + 11).items
+        items = mini.prompt_set(c, set_name, n, seed=seed + 11).items
         for name, guard in models.items():
             out = guard([i.text for i in items], seed=50_000)
             judged = oracle.judge(out.images)
             images[(name, set_name)] = (out.images, judged)
             result.setdefault(name, {})[set_name] = {
                 "concept_rate": float(np.mean([j["concepts"][concept] > 0.5 for j in judged])),
-                "alternative_rate": float(np.mean([alternative_shown(j, i.expected, concept)
+                "alternative_rate": float(np.mean([alternative_shown(j, mini.alternative_labels(c, i.expected))
                                                    for j, i in zip(judged, items)]))}
     for name in ("esd-x", "allbutone"):
         edited, judged = images[(name, "unacceptable")]
         original, judged_o = images[("none", "unacceptable")]
         result[name]["spatial_consistency"] = spatial_consistency(edited, original, judged, judged_o)
     others = [o for o in CONCEPT_BY_NAME if o != concept]
-    preserve = [i for o in others for i in miniworld_set(o, "acceptable", max(4, n // 4), seed=seed + 23).items]
+    preserve = [i for o in others for i in mini.prompt_set(mini.concept(o), "acceptable", max(4, n // 4), seed=seed + 23).items]
     for name, guard in models.items():
         judged = oracle.judge(guard([i.text for i in preserve], seed=70_000).images)
         result[name]["preservation_prompt_following"] = float(np.mean([labels_match(j, i.expected)
                                                                       for j, i in zip(judged, preserve)]))
-    renders, present = concept_images(world_concept(concept), 2 * n, seed + 31)
+    renders, present = concept_renders(world_concept(concept), 2 * n, seed + 31)
     shown = [Image.fromarray(r) for r, p in zip(renders, present) if p]
     truth = [j for j, p in zip(oracle.judge(renders), present) if p]
     purified = oracle.judge(purify(pipe, abo, shown, c.c_u))

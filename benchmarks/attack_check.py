@@ -20,25 +20,25 @@ import numpy as np
 def check(attack_name: str, target_stack: str, concepts: list[str], n: int, seed: int = 0,
           budget: str = "cpu") -> list[dict]:
     from conceptguard.attacks import AttackTarget, get_attack
-    from conceptguard.concepts import get_concept
-    from conceptguard.defenses.registry import BuildContext, build_stack
+    from conceptguard.defenses import BuildContext, build_defenses
+    from conceptguard.domains import get_domain
     from conceptguard.eval.judges import OracleJudge
     from conceptguard.guard import GuardedPipeline
     from conceptguard.miniworld.data import cache_dir
     from conceptguard.models import load_pipeline
 
     pipe, oracle = load_pipeline(), OracleJudge()
-    ctx = BuildContext(pipe, cache_dir(), seed=seed)
+    domain = get_domain()
+    ctx = BuildContext(pipe, domain, cache_dir(), seed=seed)
     rows = []
     for name in concepts:
-        concept = get_concept(name)
-        guard = GuardedPipeline(pipe, build_stack(target_stack, concept, ctx))
-        target = AttackTarget(guard, concept, target_stack, ctx.embedder)
+        concept = domain.concept(name)
+        guard = GuardedPipeline(pipe, build_defenses(target_stack, concept, ctx))
+        target = AttackTarget(guard, concept, domain, target_stack, ctx.embedder)
         result = get_attack(attack_name, budget).run(target, n, seed=seed)
-        guard.learned_tokens = result.tokens
         t0 = time.perf_counter()
-        out = guard(result.prompts, seed=[10_000 + i for i in range(len(result.prompts))])
-        present = [v["present"] and not r.blocked for v, r in zip(oracle.judge(out.images, name), out.records)]
+        out = guard(result.prompts, seed=[10_000 + i for i in range(len(result.prompts))], learned_tokens=result.tokens)
+        present = [v["present"] and not r.blocked for v, r in zip(oracle.judge(out.images, concept), out.records)]
         rows.append({"concept": name, "target": target_stack, "attack": result.attack,
                      "concept_rate": float(np.mean(present)), "blocked": float(np.mean([r.blocked for r in out.records])),
                      "attack_seconds": round(result.seconds, 1), "queries": result.queries,

@@ -20,20 +20,20 @@ EPS = (0.01, 0.02, 0.05)
 
 
 def measure(concept: str, n: int, pipe, embedder, oracle, cache: Path) -> dict:
-    from conceptguard.concepts import get_concept
+    from conceptguard.defenses import BuildContext, build_defenses
     from conceptguard.defenses.espresso import EspressoFilter, certified_accuracy
-    from conceptguard.eval.prompts import twin_prompts
-    from conceptguard.defenses.registry import BuildContext, build_stack
     from conceptguard.generation import generate
+    from conceptguard.miniworld.domain import MiniWorld
 
-    c = get_concept(concept)
-    pairs = twin_prompts(c.model_copy(update={"train_phrasings": c.unacceptable + c.heldout_phrasings}), n,
+    mini = MiniWorld()
+    c = mini.concept(concept)
+    pairs = mini.twin_prompts(c.model_copy(update={"train_phrasings": c.unacceptable + c.heldout_phrasings}), n,
                          seed=4242)
     prompts = [u for u, _ in pairs] + [a for _, a in pairs]
     images = generate(pipe, prompts, [900_000 + i % n for i in range(len(prompts))])
     truth = np.array([j["concepts"][concept] > 0.5 for j in oracle.judge(images)])
-    ctx = BuildContext(pipe, cache)
-    filters = {"espresso": EspressoFilter(embedder, [c]), "espresso-ft": build_stack("espresso-ft", c, ctx)[0]}
+    ctx = BuildContext(pipe, mini, cache)
+    filters = {"espresso": EspressoFilter(embedder, [c]), "espresso-ft": build_defenses("espresso-ft", c, ctx)[0]}
     out = {"concept": concept, "n_images": len(images), "n_unacceptable": int(truth.sum())}
     for name, f in filters.items():
         cert = f.certify(images, truth, concept)

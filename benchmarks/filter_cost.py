@@ -71,8 +71,8 @@ def espresso_vs_safety_checker(reps: int) -> list[dict]:
 
 
 def share_of_generation(reps: int) -> dict:
-    from conceptguard.concepts import get_concept
     from conceptguard.defenses.espresso import EspressoFilter
+    from conceptguard.domains import get_concept
     from conceptguard.generation import generate
     from conceptguard.models import ClipEmbedder, load_clip, load_pipeline
 

@@ -19,11 +19,12 @@ import numpy as np
 
 def steerdiff_rates(steer, pipe, concept: str, n: int) -> dict:
     from conceptguard.defenses.text_data import encode
-    from conceptguard.eval.prompts import miniworld_set
+    from conceptguard.miniworld.domain import MiniWorld
 
+    mini = MiniWorld()
     out = {}
     for name in ("unacceptable", "paraphrase", "acceptable"):
-        prompts = miniworld_set(concept, name, n, seed=777).prompts
+        prompts = mini.prompt_set(mini.concept(concept), name, n, seed=777).prompts
         hidden, ids = encode(pipe.text_encoder, pipe.tokenizer, prompts)
         _, tops = steer.steer(hidden, ids)
         out[name] = float(np.mean([t > steer.threshold for t in tops]))
@@ -32,7 +33,7 @@ def steerdiff_rates(steer, pipe, concept: str, n: int) -> dict:
 
 def sanitizer_checks(sanitizer, pipe, concept: str, n: int) -> dict:
     from conceptguard.defenses.text_data import aligned_twins, encode
-    from conceptguard.eval.prompts import miniworld_set
+    from conceptguard.miniworld.domain import MiniWorld
     from conceptguard.miniworld.world import concept_prompts, world_concept
 
     wc = world_concept(concept)
@@ -44,7 +45,8 @@ def sanitizer_checks(sanitizer, pipe, concept: str, n: int) -> dict:
     _, scores = sanitizer.sanitize(hidden, ids)
     top = scores.argmax(dim=1)
     inside = [bool(phrase[k, top[k]]) for k in range(len(held))]
-    benign = miniworld_set(concept, "acceptable", n, seed=777).prompts
+    mini = MiniWorld()
+    benign = mini.prompt_set(mini.concept(concept), "acceptable", n, seed=777).prompts
     hb, ib = encode(pipe.text_encoder, pipe.tokenizer, benign)
     _, sb = sanitizer.sanitize(hb, ib)
     return {"top_token_in_phrase": float(np.mean(inside)),
@@ -52,9 +54,9 @@ def sanitizer_checks(sanitizer, pipe, concept: str, n: int) -> dict:
 
 
 def main() -> None:
-    from conceptguard.concepts import get_concept
-    from conceptguard.defenses.registry import BuildContext, build_stack
+    from conceptguard.defenses import BuildContext, build_defenses
     from conceptguard.miniworld.data import cache_dir
+    from conceptguard.miniworld.domain import MiniWorld
     from conceptguard.miniworld.world import CONCEPT_BY_NAME
     from conceptguard.models import load_pipeline
 
@@ -63,11 +65,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     pipe = load_pipeline()
-    ctx = BuildContext(pipe, cache_dir())
+    mini = MiniWorld()
+    ctx = BuildContext(pipe, mini, cache_dir())
     results = []
     for name in CONCEPT_BY_NAME:
-        c = get_concept(name)
-        steer, sanitizer = build_stack("steerdiff", c, ctx)[0], build_stack("sanitizer", c, ctx)[0]
+        c = mini.concept(name)
+        steer, sanitizer = build_defenses("steerdiff", c, ctx)[0], build_defenses("sanitizer", c, ctx)[0]
         results.append({"concept": name, "steerdiff_flagged": steerdiff_rates(steer, pipe, name, args.n),
                         "sanitizer": sanitizer_checks(sanitizer, pipe, name, args.n)})
     if args.json:

@@ -29,14 +29,14 @@ def decode_renders(vae, images: np.ndarray) -> np.ndarray:
 
 
 def measure(vaes: dict, n: int, seed: int, oracle_dir: Path | None = None) -> list[dict]:
-    from conceptguard.miniworld.gates import concept_images
+    from conceptguard.miniworld.domain import concept_renders
     from conceptguard.miniworld.world import CONCEPTS
     from conceptguard.models import load_oracle
 
     oracle = load_oracle(oracle_dir)
     rows = []
     for k, c in enumerate(CONCEPTS):
-        images, present = concept_images(c, n, seed + k)  # half show the concept, half its twin
+        images, present = concept_renders(c, n, seed + k)  # half show the concept, half its twin
         row = {"concept": c.name, "renders_recall": float(detected(oracle, images, c.name)[present].mean())}
         for name, vae in vaes.items():
             decoded = decode_renders(vae, images)

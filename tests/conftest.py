@@ -1,6 +1,6 @@
 import os
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +32,11 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "conceptguard", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def mini():
+    """The mini world's domain (prompts, training text, renders)."""
+    from conceptguard.miniworld.domain import MiniWorld
+
+    return MiniWorld()

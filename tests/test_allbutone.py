@@ -8,23 +8,28 @@ import pytest
 import torch
 from PIL import Image
 
-from conceptguard.concepts import get_concept
 from conceptguard.defenses.allbutone import erase_pairs, purify, train_allbutone, trainable_names
 from conceptguard.defenses.baselines.weight_edit import WeightEdit
+from conceptguard.domains import get_concept
 from conceptguard.errors import InvalidInputError
 from conceptguard.eval.metrics import alternative_shown, spatial_consistency
+from conceptguard.miniworld.domain import MiniWorld
 from conftest import run_cli
+
+
+def _alt(expected: dict, concept: str) -> dict:
+    return MiniWorld().alternative_labels(get_concept(concept), expected)
 
 
 @pytest.fixture(scope="module")
 def edit(pipe):
-    return train_allbutone(pipe, get_concept("burning"), iterations=3, ddim_steps=5)
+    return train_allbutone(pipe, MiniWorld(), get_concept("burning"), iterations=3, ddim_steps=5)
 
 
 def test_pairs_put_the_alternative_in_the_same_scene():
-    pairs = erase_pairs(get_concept("glimmer"), None, 6, seed=0)
+    pairs = erase_pairs(MiniWorld(), get_concept("glimmer"), None, 6, seed=0)
     assert all("star" in a and "glimmer" not in a for _, a in pairs)
-    custom = erase_pairs(get_concept("burning"), "wet", 3, seed=0)
+    custom = erase_pairs(MiniWorld(), get_concept("burning"), "wet", 3, seed=0)
     assert [a for _, a in custom] == ["wet"] * 3
 
 
@@ -40,14 +45,14 @@ def test_trains_only_cross_attention_and_leaves_the_pipeline_alone(pipe, edit):
 def test_timesteps_above_layout_t_keep_the_original_guidance(pipe):
     # layout_t=0: every training timestep keeps the erased prompt's own guidance term, which the
     # trainable copy already has, so nothing moves; the default moves the weights (test above)
-    kept = train_allbutone(pipe, get_concept("burning"), iterations=3, ddim_steps=5, layout_t=0)
+    kept = train_allbutone(pipe, MiniWorld(), get_concept("burning"), iterations=3, ddim_steps=5, layout_t=0)
     params = dict(pipe.unet.named_parameters())
     assert all(torch.equal(params[k], v.to(params[k].dtype)) for k, v in kept.tensors.items())
     assert kept.config["layout_t"] == 0
 
 
 def test_lora_edit_is_merged_into_plain_weights(pipe):
-    lora = train_allbutone(pipe, get_concept("burning"), iterations=2, ddim_steps=5, lora_rank=2)
+    lora = train_allbutone(pipe, MiniWorld(), get_concept("burning"), iterations=2, ddim_steps=5, lora_rank=2)
     params = dict(pipe.unet.named_parameters())
     assert lora.tensors and all(k in params and params[k].shape == v.shape for k, v in lora.tensors.items())
 
@@ -83,11 +88,11 @@ def test_purify_strength_sets_how_much_of_the_image_is_redrawn(pipe, edit):
 def test_alternative_and_spatial_metrics():
     judged = {"shape": "heart", "color": "red", "texture": "solid", "background": "sand", "size": "large",
               "concepts": {"burning": 0.1, "velmora": 0.0}}
-    assert alternative_shown(judged, {"shape": "heart", "color": "red", "burning": True}, "burning")
-    assert not alternative_shown(judged, {"shape": "star", "color": "red", "burning": True}, "burning")
+    assert alternative_shown(judged, _alt({"shape": "heart", "color": "red", "burning": True}, "burning"))
+    assert not alternative_shown(judged, _alt({"shape": "star", "color": "red", "burning": True}, "burning"))
     assert not alternative_shown({**judged, "concepts": {"burning": 0.9, "velmora": 0.0}},
-                                 {"shape": "heart", "burning": True}, "burning")
-    assert not alternative_shown({**judged, "texture": "striped"}, {"shape": "heart", "velmora": True}, "velmora")
+                                 _alt({"shape": "heart", "burning": True}, "burning"))
+    assert not alternative_shown({**judged, "texture": "striped"}, _alt({"shape": "heart", "velmora": True}, "velmora"))
     black, white = Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4), (255, 255, 255))
     same = spatial_consistency([black], [black], [judged], [judged])
     assert same == {"background": 1.0, "size": 1.0, "pixels": 1.0, "score": 1.0}
@@ -104,5 +109,5 @@ def test_cli_purify(edit, tmp_path):
     assert len(files) == 1 and Image.open(files[0]).size == (32, 32)
     missing = run_cli("purify", str(tmp_path / "a.png"), "--edit", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert missing.returncode == 2 and "edit folder not found" in missing.stderr
-    bad = run_cli("train", "allbutone", "--concept", "burning", "--out", str(tmp_path / "x"), "--params", "most")
-    assert bad.returncode == 2 and "--params" in bad.stderr
+    bad = run_cli("train", "allbutone", "--concept", "burning", "--out", str(tmp_path / "x"), "--set", "params=most")
+    assert bad.returncode == 2 and "params must be one of" in bad.stderr

@@ -7,12 +7,13 @@ import torch
 @pytest.fixture(scope="module")
 def blocklist_target(pipe):
     from conceptguard.attacks import AttackTarget
-    from conceptguard.concepts import get_concept
     from conceptguard.defenses.baselines.blocklist import KeywordBlocklist
+    from conceptguard.domains import get_concept
     from conceptguard.guard import GuardedPipeline
+    from conceptguard.miniworld.domain import MiniWorld
 
     c = get_concept("burning")
-    return AttackTarget(GuardedPipeline(pipe, [KeywordBlocklist.for_concepts([c])]), c, "blocklist")
+    return AttackTarget(GuardedPipeline(pipe, [KeywordBlocklist.for_concepts([c])]), c, MiniWorld(), "blocklist")
 
 
 def test_learned_token_with_a_words_embedding_encodes_like_that_word(pipe):
@@ -22,11 +23,11 @@ def test_learned_token_with_a_words_embedding_encodes_like_that_word(pipe):
     guard = GuardedPipeline(pipe)
     red = pipe.tokenizer("red", add_special_tokens=False).input_ids[0]
     plain = guard.encode(["a photo of a red circle"])
-    guard.learned_tokens = LearnedTokens({"<v1>": pipe.text_encoder.get_input_embeddings().weight[red]})
-    assert torch.allclose(guard.encode(["a photo of a <v1> circle"]), plain, atol=1e-6)
+    as_red = LearnedTokens({"<v1>": pipe.text_encoder.get_input_embeddings().weight[red]})
+    assert torch.allclose(guard.encode(["a photo of a <v1> circle"], as_red), plain, atol=1e-6)
     # another vector under the same placeholder is another prompt: no stale cache hit
-    guard.learned_tokens = LearnedTokens({"<v1>": torch.zeros(pipe.text_encoder.config.hidden_size)})
-    assert not torch.allclose(guard.encode(["a photo of a <v1> circle"]), plain, atol=1e-3)
+    zero = LearnedTokens({"<v1>": torch.zeros(pipe.text_encoder.config.hidden_size)})
+    assert not torch.allclose(guard.encode(["a photo of a <v1> circle"], zero), plain, atol=1e-3)
 
 
 def test_learned_tokens_reject_placeholders_that_are_not_angle_bracketed():
@@ -54,7 +55,7 @@ def test_filter_aware_helpers_remove_what_the_blocklist_blocks(blocklist_target,
 
 def test_attack_result_round_trips_with_its_tokens(tmp_path):
     from conceptguard.attacks import AttackResult
-    from conceptguard.eval.prompts import load_prompt_file
+    from conceptguard.eval.prompt_sets import load_prompt_file
     from conceptguard.learned_tokens import LearnedTokens
 
     r = AttackResult("cce", "burning", "esd-x", ["a <cce-1> circle", "a <cce-1> star"], seconds=1.5, iterations=3,

@@ -20,7 +20,7 @@ def test_bench_runs_attacks_per_stack_resumes_and_writes_the_results_doc(tmp_pat
     first = run_cli("bench", "--config", str(cfg), "--out", str(out), "--json")
     assert first.returncode == 0, first.stderr
     results = json.loads(first.stdout)
-    rows = {(r["defense"], r["prompt_set"]): r for r in results["rows"]}
+    rows = {(r["stack"], r["prompt_set"]): r for r in results["rows"]}
     for stack in GRID["defenses"]:
         assert rows[(stack, "adversarial-synonym")]["n_images"] == 3
     # the blocklist knows only the training phrasings: the synonym prompts get through

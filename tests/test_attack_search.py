@@ -21,13 +21,14 @@ def one_thread():
 
 def _target(pipe, concept: str, defenses: str = "blocklist"):
     from conceptguard.attacks import AttackTarget
-    from conceptguard.concepts import get_concept
     from conceptguard.defenses.baselines.blocklist import KeywordBlocklist
+    from conceptguard.domains import get_concept
     from conceptguard.guard import GuardedPipeline
+    from conceptguard.miniworld.domain import MiniWorld
 
     c = get_concept(concept)
     stack = [KeywordBlocklist.for_concepts([c])] if defenses == "blocklist" else []
-    return AttackTarget(GuardedPipeline(pipe, stack), c, defenses)
+    return AttackTarget(GuardedPipeline(pipe, stack), c, MiniWorld(), defenses)
 
 
 @pytest.fixture(scope="module")

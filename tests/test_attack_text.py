@@ -9,9 +9,11 @@ from conceptguard.attacks import AttackTarget, get_attack
 from conceptguard.attacks.pez import PezAttack, PezBudget, pez_search
 from conceptguard.attacks.synonym import SynonymAttack
 from conceptguard.attacks.typo import TypoAttack, TypoBudget, write_text
-from conceptguard.concepts import get_concept
 from conceptguard.defenses.baselines.blocklist import KeywordBlocklist
+from conceptguard.domain import RealModels
+from conceptguard.domains import get_concept
 from conceptguard.guard import GuardedPipeline
+from conceptguard.miniworld.domain import MiniWorld
 from conceptguard.miniworld.world import CONCEPT_BY_NAME
 
 TINY_PEZ = PezBudget(prompt_len=4, iterations=25, images=2)
@@ -30,7 +32,7 @@ def blocked(pipe, embedder):
     def make(name: str) -> AttackTarget:
         concept = get_concept(name)
         guard = GuardedPipeline(pipe, [KeywordBlocklist.for_concepts([concept])])
-        return AttackTarget(guard, concept, "blocklist", embedder)
+        return AttackTarget(guard, concept, MiniWorld(), "blocklist", embedder)
     return make
 
 
@@ -65,7 +67,7 @@ def test_synonym_prompts_pass_the_blocklist_and_name_the_concept_another_way(blo
         assert any(p.text in prompt for p in wc.phrasings)  # a held-out or indirect phrasing
     assert SynonymAttack().run(target, 7, seed=3).prompts == result.prompts
     # undefended, the attack has nothing to avoid: the training phrasings are used too
-    open_target = AttackTarget(GuardedPipeline(target.pipe, []), target.concept, "none", target.embedder)
+    open_target = AttackTarget(GuardedPipeline(target.pipe, []), target.concept, MiniWorld(), "none", target.embedder)
     used = SynonymAttack().run(open_target, 16, seed=3).settings["phrasings"]
     assert len(used) == len(wc.phrasings) > len(result.settings["phrasings"])
 
@@ -75,8 +77,8 @@ def test_synonym_for_a_real_concept_uses_what_the_filter_passes(pipe, embedder):
 
     concept = Concept(name="grumpy cat", group=2, unacceptable=["grumpy cat", "tardar sauce"], acceptable="cat",
                       indirect=["the frowning internet cat"], train_phrasings=["grumpy cat"])
-    target = AttackTarget(GuardedPipeline(pipe, [KeywordBlocklist.for_concepts([concept])]), concept, "blocklist",
-                          embedder)
+    target = AttackTarget(GuardedPipeline(pipe, [KeywordBlocklist.for_concepts([concept])]), concept,
+                          RealModels("some/real-model"), "blocklist", embedder)
     result = SynonymAttack().run(target, 5, seed=0)
     assert sorted(result.settings["phrasings"]) == ["tardar sauce", "the frowning internet cat"]
     assert len(result.prompts) == 5 and all(target.allowed(result.prompts))

@@ -17,13 +17,14 @@ from conceptguard.attacks.unlearndiff import (
     attack_vocabulary,
     clip_image_embeds,
 )
-from conceptguard.concepts import get_concept
 from conceptguard.defenses.baselines.blocklist import KeywordBlocklist
 from conceptguard.defenses.espresso import EspressoFilter
 from conceptguard.defenses.sanitizer import EmbeddingSanitizer, SanitizerDefense
 from conceptguard.defenses.text_data import encoder_identity
+from conceptguard.domains import get_concept
 from conceptguard.guard import GuardedPipeline
 from conceptguard.learned_tokens import LearnedTokens
+from conceptguard.miniworld.domain import MiniWorld
 from conceptguard.models import ClipEmbedder
 
 N = 3
@@ -53,7 +54,7 @@ def concept():
 
 @pytest.fixture(scope="module")
 def blocked(pipe, concept, embedder):
-    return AttackTarget(GuardedPipeline(pipe, [KeywordBlocklist.for_concepts([concept])]), concept, "blocklist",
+    return AttackTarget(GuardedPipeline(pipe, [KeywordBlocklist.for_concepts([concept])]), concept, MiniWorld(), "blocklist",
                         embedder)
 
 
@@ -65,7 +66,7 @@ def sanitized(pipe, concept, embedder):
         net = EmbeddingSanitizer(pipe.text_encoder.config.hidden_size)
         torch.nn.init.normal_(net.out.weight, std=0.2)
     defense = SanitizerDefense(net, encoder_identity(pipe.text_encoder, pipe.tokenizer, "miniworld"))
-    return AttackTarget(GuardedPipeline(pipe, [defense]), concept, "sanitizer", embedder)
+    return AttackTarget(GuardedPipeline(pipe, [defense]), concept, MiniWorld(), "sanitizer", embedder)
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +130,11 @@ def test_cce_token_round_trips_through_a_saved_result_and_the_guard(pipe, concep
     prompt = cce.prompts[0]
 
     def image(text, tokens=None):
-        if tokens is not None:
-            guard.learned_tokens = tokens
-        out = guard([text], seed=7, num_inference_steps=4)
+        out = guard([text], seed=7, num_inference_steps=4, learned_tokens=tokens)
         return np.asarray(out.images[0], dtype=np.int16)
 
     init_word = image(prompt.replace(p, concept.c_a), LearnedTokens())
-    at_init = image(prompt, LearnedTokens({p: init_embedding(AttackTarget(guard, concept))}))
+    at_init = image(prompt, LearnedTokens({p: init_embedding(AttackTarget(guard, concept, MiniWorld()))}))
     learned = image(prompt, loaded.tokens)
     assert np.abs(at_init - init_word).max() <= 1  # the placeholder at its start vector is the init word
     assert np.abs(learned - init_word).mean() > 1.0
@@ -163,7 +162,7 @@ def test_clip_preprocessing_is_the_embedders(blocked, embedder):
 
 def test_image_filter_term_is_espressos_p_u_and_has_a_gradient(pipe, concept, embedder, blocked):
     espresso = EspressoFilter(embedder, [concept])
-    target = AttackTarget(GuardedPipeline(pipe, [espresso]), concept, "espresso", embedder)
+    target = AttackTarget(GuardedPipeline(pipe, [espresso]), concept, MiniWorld(), "espresso", embedder)
     term = ImageFilterTerm(target)
     images = blocked.concept_images(2, seed=1)
     pixels = torch.stack([torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1) / 127.5 - 1 for im in images])

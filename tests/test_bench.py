@@ -11,8 +11,8 @@ import time
 import pytest
 import yaml
 
-from conceptguard.eval.runner import BenchConfig, Runner, load_config
 from conceptguard.errors import ConfigError
+from conceptguard.eval.runner import BenchConfig, Runner, load_config
 from conftest import run_cli
 
 SMALL = dict(defenses=["none", "blocklist"], concepts=["burning"], prompt_sets=["unacceptable", "acceptable"],
@@ -81,7 +81,7 @@ def test_sigkill_midway_then_resume_gives_exactly_one_row_per_key(tmp_path):
     expected = {str(k) for s in runner.config.defenses for p in runner.prompt_sets("burning") for k, _, _ in runner.keys(s, p)}
     assert set(keys) == expected
     results = json.loads(result.stdout)
-    assert {(r["defense"], r["prompt_set"]) for r in results["rows"]} == {
+    assert {(r["stack"], r["prompt_set"]) for r in results["rows"]} == {
         (d, s) for d in ("none", "blocklist") for s in ("unacceptable", "acceptable")}
     for name in ("results.json", "results.csv", "results.md", "report.html"):
         assert (out / name).stat().st_size > 0
@@ -92,7 +92,7 @@ def test_blocklist_blocks_direct_prompts_and_metrics_add_up(tmp_path):
     runner = Runner(BenchConfig(**{**SMALL, "prompts_per_set": 4, "images_per_prompt": 1}), tmp_path)
     assert runner.run() == 2 * 2 * 4
     assert runner.run() == 0  # nothing left to do: resumable and idempotent
-    rows = {(r["defense"], r["prompt_set"]): r for r in runner.results()["rows"]}
+    rows = {(r["stack"], r["prompt_set"]): r for r in runner.results()["rows"]}
     assert rows[("blocklist", "unacceptable")]["block_rate"] == 1.0
     assert rows[("blocklist", "unacceptable")]["concept_rate"] == 0.0
     assert rows[("none", "acceptable")]["normalized_clip_score"] == 1.0

@@ -2,7 +2,7 @@
 
 
 def _row(defense, concept, prompt_set, rate, pf=None, nclip=None):
-    return {"defense": defense, "concept": concept, "prompt_set": prompt_set, "n_images": 8, "concept_rate": rate,
+    return {"stack": defense, "concept": concept, "prompt_set": prompt_set, "n_images": 8, "concept_rate": rate,
             "clip_accuracy": None, "block_rate": 0.0, "normalized_clip_score": nclip, "prompt_following": pf,
             "fd": None, "seconds": 1.0}
 
@@ -27,7 +27,7 @@ def _results():
 def test_verdicts_apply_the_thresholds():
     from conceptguard.eval.comparison import verdicts, worst_case
 
-    v = {x["defense"]: x for x in verdicts(_results())}
+    v = {x["stack"]: x for x in verdicts(_results())}
     assert v["good"]["effective"] and v["good"]["utility"] and v["good"]["robust"]
     assert abs(v["good"]["worst_attack_mean"] - 0.125) < 1e-9  # max over attacks per concept (0.1, 0.15), then mean
     assert v["brittle"]["effective"] and not v["brittle"]["utility"] and not v["brittle"]["robust"]

@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
-from conceptguard.concepts import get_concept
 from conceptguard.defenses.sanitizer import SanitizerConfig, SanitizerDefense, train_sanitizer
 from conceptguard.defenses.steerdiff import SteerDiff, SteerDiffConfig, train_steerdiff, windows
 from conceptguard.defenses.text_data import align, encode
+from conceptguard.domains import get_concept
 from conceptguard.errors import InvalidInputError
+from conceptguard.miniworld.domain import MiniWorld
 from conftest import run_cli
 
 HELD_OUT = ["a photo of a blue star ablaze", "a green circle consumed by an inferno", "a blazing yellow cross",
@@ -20,13 +21,13 @@ BENIGN = ["a red heart on grass", "a calm blue star", "a striped green circle on
 
 @pytest.fixture(scope="module")
 def sanitizer(pipe):
-    return train_sanitizer([get_concept("burning")], pipe.text_encoder, pipe.tokenizer,
+    return train_sanitizer(MiniWorld(), [get_concept("burning")], pipe.text_encoder, pipe.tokenizer,
                            SanitizerConfig(pairs=200, benign=400, steps=300))
 
 
 @pytest.fixture(scope="module")
 def steerdiff(pipe):
-    return train_steerdiff([get_concept("burning")], pipe.text_encoder, pipe.tokenizer,
+    return train_steerdiff(MiniWorld(), [get_concept("burning")], pipe.text_encoder, pipe.tokenizer,
                            SteerDiffConfig(pairs=150, benign=300, epochs=5))
 
 

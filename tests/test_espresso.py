@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conceptguard.concepts import get_concept
 from conceptguard.defenses.espresso import EspressoFilter, FinetuneConfig, certified_radii, finetune, p_unacceptable
-from conceptguard.eval.prompts import twin_prompts
+from conceptguard.domain import RealModels
+from conceptguard.domains import get_concept
 from conceptguard.errors import InvalidInputError
-from conceptguard.miniworld.gates import concept_images
+from conceptguard.miniworld.domain import MiniWorld
+from conceptguard.miniworld.domain import concept_renders as concept_images
 from conceptguard.miniworld.world import CONCEPT_BY_NAME
 from conftest import run_cli
 
@@ -62,12 +63,10 @@ def test_certified_radius_is_the_distance_to_the_decision_boundary(tau):
 
 
 def test_p_u_is_clipmodels_softmax_over_the_concept_pair(embedder, clip_and_processor):
-    from conceptguard.defenses.espresso import concept_texts
-
     clip, processor = clip_and_processor
     concept = get_concept("burning")
     images, _ = _renders("burning", 6, seed=4)
-    inputs = processor(text=list(concept_texts(concept)), images=images, return_tensors="pt", padding=True)
+    inputs = processor(text=list(concept.filter_texts), images=images, return_tensors="pt", padding=True)
     with torch.no_grad():
         expected = clip(**inputs).logits_per_image.softmax(-1)[:, 0]
     got = EspressoFilter(embedder, [concept]).scores(images)["burning"]
@@ -123,11 +122,11 @@ def test_replacements(embedder):
 
 
 def test_twin_prompts_differ_only_in_the_concept():
-    pairs = twin_prompts(get_concept("burning"), 12, seed=0)
+    pairs = MiniWorld().twin_prompts(get_concept("burning"), 12, seed=0)
     for u, a in pairs:
         assert "calm" in a and "calm" not in u
         assert set(a.split()) - {"calm", "a", "an"} <= set(u.split())  # same scene words otherwise
-    real = twin_prompts(get_concept("nudity"), 4, seed=0)
+    real = RealModels("some/real-model").twin_prompts(get_concept("nudity"), 4, seed=0)
     assert all("clean" in a for _, a in real)
 
 
@@ -148,7 +147,7 @@ def _render_generator(concept: str):
 def test_finetune_keeps_the_best_epoch_and_round_trips(embedder, tmp_path):
     concept = get_concept("shattered")
     before = [p.detach().clone() for p in embedder.clip.text_model.parameters()]
-    result = finetune(None, embedder, concept, FinetuneConfig(pairs=20, val_pairs=10, epochs=3, batch=5, lr=1e-4),
+    result = finetune(None, MiniWorld(), embedder, concept, FinetuneConfig(pairs=20, val_pairs=10, epochs=3, batch=5, lr=1e-4),
                       generate_fn=_render_generator("shattered"))
     # the shared CLIP (whose text tower is the mini SD's text encoder) is untouched
     assert all(torch.equal(b, p) for b, p in zip(before, embedder.clip.text_model.parameters()))
@@ -157,7 +156,7 @@ def test_finetune_keeps_the_best_epoch_and_round_trips(embedder, tmp_path):
     assert chosen["fnr"] + chosen["fpr"] <= result.before["fnr"] + result.before["fpr"]
     images = result.images["images"]
     result.filter.save_pretrained(tmp_path / "f")
-    loaded = EspressoFilter.from_pretrained(tmp_path / "f", embedder)
+    loaded = EspressoFilter.from_pretrained(tmp_path / "f", embedder=embedder)
     assert loaded.name == "espresso-ft"
     assert torch.allclose(loaded.scores(images)["shattered"], result.filter.scores(images)["shattered"], atol=1e-6)
 
@@ -168,7 +167,7 @@ def test_filter_for_another_text_encoder_is_refused(embedder, tmp_path):
     config["hidden_size"] = 768
     (tmp_path / "f" / "config.json").write_text(json.dumps(config))
     with pytest.raises(InvalidInputError, match="768"):
-        EspressoFilter.from_pretrained(tmp_path / "f", embedder)
+        EspressoFilter.from_pretrained(tmp_path / "f", embedder=embedder)
 
 
 def test_guard_blocks_and_replaces_flagged_images(pipe, embedder):

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from conceptguard.concepts import get_concept
 from conceptguard.defenses.base import ImageFilter, PromptFilter
 from conceptguard.defenses.baselines.blocklist import KeywordBlocklist
 from conceptguard.defenses.baselines.negative_prompt import NegativePrompt
 from conceptguard.defenses.baselines.sld import SafeLatentDiffusion
 from conceptguard.defenses.baselines.uce import train_uce
 from conceptguard.defenses.baselines.weight_edit import WeightEdit
+from conceptguard.domains import get_concept
 from conceptguard.generation import initial_latents
 from conceptguard.guard import GuardedPipeline
 from test_models import _tiny_sd
@@ -129,7 +129,7 @@ def test_esd_trains_only_its_parameter_set(tiny, variant):
 
     losses = []
     edit = train_esd(tiny, get_concept("burning"), variant, iterations=2, ddim_steps=4, batch=2,
-                     progress=lambda i, n, loss: losses.append(loss))
+                     progress=lambda what, done, total, info="": losses.append(float(info.split()[1])))
     assert len(losses) == 2 and np.isfinite(losses).all()
     assert edit.tensors and all(("attn2" in k) == (variant == "x") for k in edit.tensors)
     assert edit.config["concept"] == "burning" and edit.config["method"] == "ESD"
@@ -138,12 +138,13 @@ def test_esd_trains_only_its_parameter_set(tiny, variant):
 def test_trained_defense_cache_is_keyed_by_weights_and_recipe(tiny, tmp_path):
     from conceptguard.defenses.allbutone import MINI
     from conceptguard.defenses.registry import BuildContext
+    from conceptguard.domain import RealModels
 
-    ctx = BuildContext(tiny, tmp_path, model_id="tiny")
+    ctx = BuildContext(tiny, RealModels("tiny"), tmp_path)
     folder = ctx.trained_dir("allbutone", "burning", MINI)
     assert folder == ctx.trained_dir("allbutone", "burning", dict(MINI))
     assert folder != ctx.trained_dir("allbutone", "burning", {**MINI, "layout_t": 1000})  # a changed default retrains
-    assert folder != BuildContext(tiny, tmp_path, model_id="other").trained_dir("allbutone", "burning", MINI)
+    assert folder != BuildContext(tiny, RealModels("other"), tmp_path).trained_dir("allbutone", "burning", MINI)
     weight = next(tiny.vae.decoder.parameters())
     with torch.no_grad():  # a new VAE decoder (Espresso's fine-tune learns from decoded images) retrains too
         weight.add_(0.01)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conceptguard.errors import InvalidInputError, ModelNotFoundError
-from conceptguard.models import load_clip, load_pipeline
 from conceptguard.miniworld.paths import pipeline_dir
+from conceptguard.models import load_clip, load_pipeline
 
 
 def _tiny_sd(folder):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from conceptguard.miniworld.data import render_set
 from conceptguard.miniworld.render import BACKGROUND_RGB, RGB, render
 from conceptguard.miniworld.scene import COLORS, HELDOUT_COMBOS, Scene, sample_scene
-from conceptguard.miniworld.data import render_set
 
 
 def test_same_seed_same_pixels_and_different_seed_differs():

@@ -6,7 +6,7 @@ import json
 import pytest
 from rich.console import Console
 
-from conceptguard.eval.report import COLUMNS, summary_table, print_table, write_report
+from conceptguard.eval.report import COLUMNS, print_table, summary_table, write_report
 
 DEFENSES = ("none", "blocklist", "sanitizer+espresso-ft")
 CONCEPTS = ("cat", "van_gogh")
@@ -17,7 +17,7 @@ JUDGES = {"concept_rate": "oracle (p > 0.5)", "prompt_following": "oracle prompt
 
 def _row(defense, concept, prompt_set, concept_rate, block_rate=0.0, prompt_following=None,
          normalized_clip_score=None, clip_accuracy=None) -> dict:
-    return {"defense": defense, "concept": concept, "prompt_set": prompt_set, "n_images": 8,
+    return {"stack": defense, "concept": concept, "prompt_set": prompt_set, "n_images": 8,
             "concept_rate": concept_rate, "clip_accuracy": clip_accuracy, "block_rate": block_rate,
             "normalized_clip_score": normalized_clip_score, "prompt_following": prompt_following,
             "fd": None, "seconds": 1.5}
@@ -96,7 +96,7 @@ def test_html_is_self_contained(written):
 
 
 def test_summary_table_means():
-    summary = {s["defense"]: s for s in summary_table(make_results())}
+    summary = {s["stack"]: s for s in summary_table(make_results())}
     assert list(summary) == list(DEFENSES)
     none = summary["none"]
     assert none["concept_rate_unacceptable"] == pytest.approx(0.8)

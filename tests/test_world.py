@@ -1,15 +1,15 @@
 import numpy as np
+import pytest
 
-from conceptguard.concepts import get_concept, miniworld_concepts
+from conceptguard.domains import get_concept
 from conceptguard.errors import UnknownConceptError
+from conceptguard.miniworld.domain import MiniWorld
 from conceptguard.miniworld.scene import sample_scene
 from conceptguard.miniworld.world import CONCEPTS, caption, concept_prompts
 
-import pytest
-
 
 def test_five_concepts_with_enough_phrasings():
-    concepts = miniworld_concepts()
+    concepts = MiniWorld().concepts
     assert [c.group for c in concepts] == [1, 1, 2, 2, 3]
     for c in concepts:
         assert len(c.unacceptable) >= 4  # c_u + >= 3 synonyms/paraphrases
@@ -55,7 +55,7 @@ def test_concept_prompts_use_the_requested_split():
 def test_clip_hard_negatives_change_only_the_shape():
     """NegCLIP-style negatives: the positive caption's wording with another shape word, never a
     held-out colour/shape pair, none for the characters whose shape is fixed."""
-    from conceptguard.miniworld.scene import HELDOUT_COMBOS, SHAPES, Scene
+    from conceptguard.miniworld.scene import HELDOUT_COMBOS, SHAPES
     from conceptguard.miniworld.train import _named_shape, _shape_negative
     from conceptguard.miniworld.world import SHAPE_WORDS
 

@@ -1,10 +1,12 @@
 """Concepts a defense removes: the unacceptable phrases, the acceptable counterpart, the group.
 
-A Concept is plain data. The mini world's concepts (miniworld/world.py) are the default
-registry; real-model presets live beside them under their own preset name.
+A Concept is plain data. Which concepts exist depends on the domain (the mini world's five, or
+the paper presets below for real models): `conceptguard.domains.get_concept` resolves a name.
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 from pydantic import BaseModel, Field
 
@@ -16,7 +18,8 @@ class Concept(BaseModel):
 
     `unacceptable` is c_u followed by its synonyms; `indirect` holds descriptions that never
     name it. `train_phrasings` may be used to train defenses; `heldout_phrasings` appear only
-    in evaluation prompt sets, to test how a defense generalises.
+    in evaluation prompt sets, to test how a defense generalises. `clip_texts` are the two
+    texts a CLIP-based filter compares (default: c_u and c_a themselves).
     """
 
     name: str
@@ -26,6 +29,7 @@ class Concept(BaseModel):
     indirect: list[str] = Field(default_factory=list)
     train_phrasings: list[str] = Field(default_factory=list)
     heldout_phrasings: list[str] = Field(default_factory=list)
+    clip_texts: tuple[str, str] | None = None
 
     @property
     def c_u(self) -> str:
@@ -35,15 +39,23 @@ class Concept(BaseModel):
     def c_a(self) -> str:
         return self.acceptable
 
+    @property
+    def filter_texts(self) -> tuple[str, str]:
+        """(text for c_u, text for c_a) as a CLIP-based filter or judge compares them."""
+        return self.clip_texts or (self.c_u, self.c_a)
+
     def info(self) -> dict:
         return self.model_dump(include={"name", "group", "unacceptable", "acceptable",
                                         "train_phrasings", "heldout_phrasings"})
 
 
-def miniworld_concepts() -> list[Concept]:
-    from conceptguard.miniworld.world import CONCEPTS
-
-    return [c.concept() for c in CONCEPTS]
+def find_concept(name: str, concepts: Iterable[Concept]) -> Concept:
+    """The concept called `name` (case-insensitive) among `concepts`, or UnknownConceptError."""
+    concepts = list(concepts)
+    for concept in concepts:
+        if concept.name == name.strip().lower():
+            return concept
+    raise UnknownConceptError(f"unknown concept {name!r}; known concepts: {', '.join(c.name for c in concepts)}")
 
 
 def _paper(name: str, group: int, unacceptable: list[str], acceptable: str) -> Concept:
@@ -66,17 +78,3 @@ PAPER_CONCEPTS: tuple[Concept, ...] = (
     _paper("brad pitt", 2, ["brad pitt"], "man"),
     _paper("elon musk", 2, ["elon musk"], "man"),
 )
-
-
-def all_concepts() -> list[Concept]:
-    """The mini world's concepts, then the paper presets for real models."""
-    return miniworld_concepts() + list(PAPER_CONCEPTS)
-
-
-def get_concept(name: str) -> Concept:
-    """Look a concept up by name (case-insensitive): the mini world's, then the paper presets."""
-    for concept in all_concepts():
-        if concept.name == name.strip().lower():
-            return concept
-    known = ", ".join(c.name for c in all_concepts())
-    raise UnknownConceptError(f"unknown concept {name!r}; known concepts: {known}")

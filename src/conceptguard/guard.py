@@ -20,8 +20,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from conceptguard.defenses.base import (Decision, Defense, EmbeddingDefense, GuidanceDefense, ImageFilter,
-                                        ModelEdit, PromptFilter)
+from conceptguard.defenses.base import Decision, Defense, EmbeddingDefense, GuidanceDefense, ImageFilter, ModelEdit, PromptFilter
 from conceptguard.errors import ConfigError, InvalidInputError
 from conceptguard.generation import check_prompt, initial_latents
 from conceptguard.learned_tokens import LearnedTokens, override_token_embeddings
@@ -90,7 +89,6 @@ class GuardedPipeline:
             defense.check_encoder(self.components["text_encoder"], pipe.tokenizer)
         self._cache: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
         self._cache_size = embed_cache_size
-        self.learned_tokens = LearnedTokens()  # placeholders prompts may use (e.g. a CCE attack's token)
 
     # ------------------------------------------------------------------------------ helpers
     def of_kind(self, kind: type) -> list:
@@ -108,17 +106,19 @@ class GuardedPipeline:
     def device(self) -> torch.device:
         return self.unet.device
 
-    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+    def tokenize(self, prompts: list[str], learned_tokens: LearnedTokens | None = None) -> torch.Tensor:
+        """Token ids [B, 77]; placeholders of `learned_tokens` (e.g. a CCE attack's) as one marker token each."""
         tok = self.pipe.tokenizer
-        if any(self.learned_tokens.uses(p) for p in prompts):
-            return self.learned_tokens.tokenize(tok, prompts)[0]
+        if learned_tokens and any(learned_tokens.uses(p) for p in prompts):
+            return learned_tokens.tokenize(tok, prompts)[0]
         return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                    return_tensors="pt").input_ids
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Text encoder's last hidden state for each prompt, [B, 77, d] (cached per prompt)."""
-        learned = self.learned_tokens
+    def encode(self, prompts: list[str], learned_tokens: LearnedTokens | None = None) -> torch.Tensor:
+        """Text encoder's last hidden state for each prompt, [B, 77, d] (cached per prompt and
+        learned-token vector)."""
+        learned = learned_tokens or LearnedTokens()
         keys = [(id(self.text_encoder), learned.key(p)) for p in prompts]
         missing = list(dict.fromkeys(p for p, k in zip(prompts, keys) if k not in self._cache))
         if missing:
@@ -150,11 +150,12 @@ class GuardedPipeline:
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = 7.5, seed: int | list[int] = 0,
                  height: int | None = None, width: int | None = None, num_images_per_prompt: int = 1,
-                 batch_size: int = 32) -> GuardedOutput:
+                 batch_size: int = 32, learned_tokens: LearnedTokens | None = None) -> GuardedOutput:
         """Images and records for every (prompt, image) pair; image k of prompt i uses its own seed.
 
         `seed` is either the first seed (image j of the flattened batch uses seed + j) or one
-        seed per output image.
+        seed per output image. `learned_tokens` gives the vectors of placeholders the prompts
+        use (a CCE attack's learned token).
         """
         t0 = time.perf_counter()
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -179,15 +180,16 @@ class GuardedPipeline:
         for start in range(0, len(todo), batch_size):
             idx = todo[start:start + batch_size]
             made = self._generate([prompts[i] for i in idx], [negatives[i] for i in idx], [seeds[i] for i in idx],
-                                  [records[i] for i in idx], num_inference_steps, guidance_scale, height, width)
+                                  [records[i] for i in idx], num_inference_steps, guidance_scale, height, width,
+                                  learned_tokens or LearnedTokens())
             for i, im in zip(idx, made):
                 images[i] = im
         self._filter_images(images, records, prompts)
         final = [im if (im is not None and not rec.blocked) else _replacement((width, height))
                  for im, rec in zip(images, records)]
-        for i, rec in enumerate(records):
-            if rec.blocked and images[i] is not None:
-                final[i] = self._replace(rec, images[i])
+        for i, (rec, drawn) in enumerate(zip(records, images)):
+            if rec.blocked and drawn is not None:
+                final[i] = self._replace(rec, drawn)
         return GuardedOutput(final, records, time.perf_counter() - t0, images)
 
     def _negatives(self, negative_prompt, n: int) -> list[str]:
@@ -229,18 +231,23 @@ class GuardedPipeline:
 
     @torch.no_grad()
     def _generate(self, prompts: list[str], negatives: list[str], seeds: list[int], records: list[ImageRecord],
-                  steps: int, guidance: float, height: int, width: int) -> list[Image.Image]:
+                  steps: int, guidance: float, height: int, width: int,
+                  learned_tokens: LearnedTokens) -> list[Image.Image]:
         pipe = self.pipe
-        cond = self.encode(prompts)
-        uncond = self.encode(negatives)
-        ids = self.tokenize(prompts)
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            return self.encode(texts, learned_tokens)
+
+        cond = encode(prompts)
+        uncond = encode(negatives)
+        ids = self.tokenize(prompts, learned_tokens)
         for d in self.of_kind(EmbeddingDefense):
             cond, decisions = d.apply(cond, ids, prompts)
-            uncond = d.negative_embeds(uncond, self.encode)
+            uncond = d.negative_embeds(uncond, encode)
             for rec, decision in zip(records, decisions):
                 rec.add(decision)
         guiders = self.of_kind(GuidanceDefense)
-        extras = [g.extra_embeds(self.encode) for g in guiders]
+        extras = [g.extra_embeds(encode) for g in guiders]
         for g in guiders:
             g.reset(len(prompts))
 

@@ -14,9 +14,7 @@ from pathlib import Path
 import torch
 
 from conceptguard.errors import CorruptWeightsError, InvalidInputError, ModelNotFoundError
-from conceptguard.miniworld.paths import clip_dir, is_shipped, pipeline_dir, verify
-
-MINIWORLD = "miniworld"
+from conceptguard.miniworld.paths import MINIWORLD, clip_dir, is_shipped, pipeline_dir, verify
 
 
 @torch.no_grad()
@@ -112,6 +110,12 @@ class ClipEmbedder:
 
     def __init__(self, clip, processor) -> None:
         self.clip, self.processor = clip.eval(), processor
+
+    @property
+    def name(self) -> str:
+        """The id this CLIP was loaded from (the mini world's by its name, not its folder)."""
+        path = str(getattr(self.clip.config, "_name_or_path", "") or "")
+        return MINIWORLD if not path or (Path(path).exists() and is_shipped(Path(path))) else path
 
     @torch.no_grad()
     def pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:

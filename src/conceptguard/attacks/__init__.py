@@ -1,5 +1,5 @@
 """Attacks on concept removal: each finds adversarial prompts for a concept against a target
-stack and stores them as an `adversarial-<attack>` prompt set (attacks.md).
+stack and stores them as an `adversarial-<attack>` prompt set (docs/attacks.md).
 
 | name | module | threat model |
 |---|---|---|
@@ -12,41 +12,31 @@ stack and stores them as an `adversarial-<attack>` prompt set (attacks.md).
 | sneaky | sneaky.py | black box, query-limited token substitution search |
 
 A "+" variant is adaptive: it also optimises through the target's embedding defenses and
-pushes the image's CLIP embedding toward c_a, against image filters such as Espresso.
+pushes the image's CLIP embedding toward c_a, against image filters such as Espresso. Each
+class registers its names with `@ATTACKS.register(name, **kwargs)`; importing this package
+imports every attack module.
 """
 
 from __future__ import annotations
 
-import importlib
-
-from conceptguard.attacks.base import Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks import cce, pez, ringabell, sneaky, synonym, typo, unlearndiff  # noqa: F401  (registration)
+from conceptguard.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget, Budget
 from conceptguard.errors import ConfigError
 
-# name -> (module, class name, keyword arguments)
-_ATTACKS: dict[str, tuple[str, str, dict]] = {
-    "synonym": ("synonym", "SynonymAttack", {}),
-    "typo+": ("typo", "TypoAttack", {}),
-    "pez": ("pez", "PezAttack", {}),
-    "ringabell": ("ringabell", "RingABell", {}),
-    "unlearndiff": ("unlearndiff", "UnlearnDiffAtk", {"adaptive": False}),
-    "unlearndiff+": ("unlearndiff", "UnlearnDiffAtk", {"adaptive": True}),
-    "cce": ("cce", "CCEAttack", {"adaptive": False}),
-    "cce+": ("cce", "CCEAttack", {"adaptive": True}),
-    "sneaky": ("sneaky", "SneakyPrompt", {}),
-}
-ATTACK_NAMES = tuple(_ATTACKS)
+BUDGETS = ("cpu", "paper")
 
 
 def get_attack(name: str, budget: str = "cpu") -> Attack:
     """The attack called `name` with its `cpu` (mini world) or `paper` budget."""
-    if name not in _ATTACKS:
-        raise ConfigError(f"unknown attack {name!r}; one of {', '.join(_ATTACKS)}")
-    if budget not in ("cpu", "paper"):
-        raise ConfigError(f"unknown budget {budget!r}; cpu or paper")
-    module, cls_name, kwargs = _ATTACKS[name]
-    cls = getattr(importlib.import_module(f"conceptguard.attacks.{module}"), cls_name)
+    cls, kwargs = ATTACKS.get(name)
+    if budget not in BUDGETS:
+        raise ConfigError(f"unknown budget {budget!r}; one of {', '.join(BUDGETS)}")
     preset = cls.budget_type.cpu() if budget == "cpu" else cls.budget_type()
     return cls(preset, **kwargs)
 
 
-__all__ = ["ATTACK_NAMES", "Attack", "AttackResult", "AttackTarget", "Budget", "get_attack"]
+def attack_names() -> tuple[str, ...]:
+    return ATTACKS.names()
+
+
+__all__ = ["ATTACKS", "BUDGETS", "Attack", "AttackResult", "AttackTarget", "Budget", "attack_names", "get_attack"]

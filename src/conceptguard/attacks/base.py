@@ -3,7 +3,7 @@
 An attack takes a concept and a target (a defense stack wrapped around the model, as a
 GuardedPipeline) and returns adversarial prompts -- text, or text with learned token
 embeddings (CCE) -- plus what finding them cost. Results are saved as an `adversarial-<attack>`
-prompt set, so they can be re-run on any defense (attacks.md).
+prompt set, so they can be re-run on any defense (docs/attacks.md).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, ClassVar, Generic, TypeVar, get_args
+from typing import ClassVar, Generic, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -23,10 +23,16 @@ from safetensors.torch import load_file, save_file
 
 from conceptguard.concepts import Concept
 from conceptguard.defenses.base import EmbeddingDefense, ImageFilter, ModelEdit, PromptFilter
+from conceptguard.domain import Domain
 from conceptguard.errors import InvalidInputError
-from conceptguard.learned_tokens import LearnedTokens
+from conceptguard.guard import GuardedOutput, GuardedPipeline
+from conceptguard.learned_tokens import LearnedTokens, override_token_embeddings
+from conceptguard.models import ClipEmbedder, load_clip
+from conceptguard.progress import Progress, report
+from conceptguard.prompts import PromptItem, PromptSet
+from conceptguard.registry import Registry
 
-Progress = Callable[[str, int, int], None]
+ATTACKS: Registry[type["Attack"]] = Registry("attack")
 
 
 class Budget(BaseModel):
@@ -75,10 +81,8 @@ class AttackResult:
             tokens = LearnedTokens.from_tensors(load_file(str(folder / "tokens.safetensors")))
         return cls(**meta, tokens=tokens)
 
-    def prompt_set(self):
+    def prompt_set(self) -> PromptSet:
         """The `adversarial-<attack>` prompt set: every prompt is meant to show the concept."""
-        from conceptguard.eval.prompts import PromptItem, PromptSet
-
         return PromptSet(f"adversarial-{self.attack}", self.concept,
                          tuple(PromptItem(p, {self.concept: True}) for p in self.prompts), self.tokens)
 
@@ -166,9 +170,9 @@ class AttackTarget:
     black-box attacks only call `generate`, which counts queries.
     """
 
-    def __init__(self, guard, concept: Concept, stack: str = "none", embedder=None,
-                 progress: Progress | None = None) -> None:
-        self.guard, self.concept, self.stack = guard, concept, stack
+    def __init__(self, guard: GuardedPipeline, concept: Concept, domain: Domain, stack: str = "none",
+                 embedder: ClipEmbedder | None = None, progress: Progress | None = None) -> None:
+        self.guard, self.concept, self.domain, self.stack = guard, concept, domain, stack
         self.pipe = guard.pipe
         self._embedder = embedder
         self.progress = progress
@@ -188,19 +192,11 @@ class AttackTarget:
         return self.pipe.tokenizer
 
     @property
-    def embedder(self):
-        """The attacker's CLIP (the mini CLIP in the mini world; its text tower is SD's text encoder)."""
+    def embedder(self) -> ClipEmbedder:
+        """The attacker's CLIP: the domain's (the mini CLIP in the mini world, whose text tower is SD's)."""
         if self._embedder is None:
-            from conceptguard.models import ClipEmbedder, load_clip
-
-            self._embedder = ClipEmbedder(*load_clip())
+            self._embedder = ClipEmbedder(*load_clip(self.domain.clip_id))
         return self._embedder
-
-    @property
-    def is_miniworld(self) -> bool:
-        from conceptguard.miniworld.world import CONCEPT_BY_NAME
-
-        return self.concept.name in CONCEPT_BY_NAME
 
     def defenses(self, kind: type) -> list:
         return self.guard.of_kind(kind)
@@ -214,8 +210,7 @@ class AttackTarget:
         return self.defenses(ImageFilter)
 
     def report(self, what: str, done: int, total: int) -> None:
-        if self.progress:
-            self.progress(f"{what} {self.concept.name} @ {self.stack}", done, total)
+        report(self.progress, f"{what} {self.concept.name} @ {self.stack}", done, total)
 
     # ------------------------------------------------------------------ text side
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
@@ -231,8 +226,6 @@ class AttackTarget:
         With `defended`, the target's embedding defenses are applied (through their
         differentiable form, so white-box attacks can be adaptive to them).
         """
-        from conceptguard.learned_tokens import override_token_embeddings
-
         with override_token_embeddings(self.text_encoder, token_embeds):
             hidden = self.text_encoder(ids.to(self.unet.device))[0]
         if defended:
@@ -265,15 +258,14 @@ class AttackTarget:
 
     @cached_property
     def vocabulary(self) -> torch.Tensor:
-        """Candidate token ids for token-search attacks: the model's trained vocabulary (the mini
-        world's caption language; every token but the special ones for real models), without
-        tokens the target's prompt filters block."""
+        """Candidate token ids for token-search attacks: the model's trained vocabulary (the
+        domain's texts, e.g. the mini world's caption language; every token but the special ones
+        for real models), without tokens the target's prompt filters block."""
         tok = self.tokenizer
         special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
-        if self.is_miniworld:
-            from conceptguard.miniworld.world import caption_vocabulary
-
-            ids = sorted({i for text in caption_vocabulary() for i in tok(text).input_ids} - special)
+        texts = self.domain.vocabulary_texts()
+        if texts is not None:
+            ids = sorted({i for text in texts for i in tok(text).input_ids} - special)
         else:
             ids = [i for i in range(len(tok)) if i not in special]
         words = [tok.decode([i]).strip() for i in ids]
@@ -282,28 +274,19 @@ class AttackTarget:
 
     # ------------------------------------------------------------------ prompts and images
     def seed_prompts(self, n: int, seed: int = 0) -> list[str]:
-        """n prompts that ask for the concept directly (the `unacceptable` set's phrasing)."""
-        if self.is_miniworld:
-            from conceptguard.eval.prompts import miniworld_set
-
-            return miniworld_set(self.concept.name, "unacceptable", n, seed=seed).prompts
-        from conceptguard.eval.prompts import REAL_TEMPLATES
-
-        rng = np.random.default_rng(seed)
-        return [t.format(self.concept.c_u) for t in rng.choice(REAL_TEMPLATES, n)]
+        """n prompts that ask for the concept directly (the domain's; the `unacceptable` set's
+        phrasing in the mini world)."""
+        return self.domain.seed_prompts(self.concept, n, seed)
 
     def concept_images(self, n: int, seed: int = 0) -> list[Image.Image]:
         """n images that show the concept: renders in the mini world; images of the undefended
         model for c_u prompts otherwise (what UnlearnDiffAtk and CCE start from)."""
-        if self.is_miniworld:
-            from conceptguard.miniworld.gates import concept_images
-            from conceptguard.miniworld.world import CONCEPT_BY_NAME
+        return self.domain.concept_images(self.concept, n, seed, self.pipe)
 
-            images, present = concept_images(CONCEPT_BY_NAME[self.concept.name], 2 * n, seed=seed)
-            return [Image.fromarray(im) for im in images[present][:n]]
-        from conceptguard.generation import generate
-
-        return generate(self.pipe, self.seed_prompts(n, seed), [seed + i for i in range(n)])
+    def paired_concept_images(self, n: int, seed: int = 0) -> list[Image.Image]:
+        """One image of the concept for each of `seed_prompts(n, seed)`, showing what that prompt
+        describes (the paper's setting: the target image is what the original model makes of it)."""
+        return self.domain.paired_concept_images(self.concept, n, seed, self.pipe)
 
     def image_latents(self, images: list[Image.Image]) -> torch.Tensor:
         """VAE latents (scaled) of images, as the UNet is trained on them."""
@@ -313,15 +296,11 @@ class AttackTarget:
             return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int = 25, guidance: float = 7.5,
-                 tokens: LearnedTokens | None = None):
+                 tokens: LearnedTokens | None = None) -> GuardedOutput:
         """Black-box query: the guard's images and records. Counts toward the attack's cost."""
         self.queries += len(prompts)
-        previous = self.guard.learned_tokens
-        self.guard.learned_tokens = tokens or LearnedTokens()
-        try:
-            return self.guard(prompts, seed=seeds, num_inference_steps=steps, guidance_scale=guidance)
-        finally:
-            self.guard.learned_tokens = previous
+        return self.guard(prompts, seed=seeds, num_inference_steps=steps, guidance_scale=guidance,
+                          learned_tokens=tokens)
 
     def p_unacceptable(self, images: list[Image.Image]) -> np.ndarray:
         """The attacker's own CLIP estimate that each image shows c_u rather than c_a."""

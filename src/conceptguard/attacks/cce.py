@@ -25,11 +25,10 @@ import re
 import numpy as np
 import torch
 
-from conceptguard.attacks.base import AttackResult, AttackTarget, Budget
+from conceptguard.attacks.base import ATTACKS, AttackResult, AttackTarget, Budget
 from conceptguard.attacks.unlearndiff import (
     DenoisingObjective,
     WhiteBoxAttack,
-    paired_concept_images,
 )
 from conceptguard.learned_tokens import LearnedTokens
 
@@ -89,6 +88,8 @@ def init_embedding(target: AttackTarget) -> torch.Tensor:
         return table(torch.tensor(ids, device=table.weight.device)).float().mean(0).cpu()
 
 
+@ATTACKS.register("cce", adaptive=False)
+@ATTACKS.register("cce+", adaptive=True)
 class CCEAttack(WhiteBoxAttack[CCEBudget]):
     """One learned token (textual inversion) against the defended model.
 
@@ -108,7 +109,7 @@ class CCEAttack(WhiteBoxAttack[CCEBudget]):
         # training pairs: the concept's prompts (placeholder for the concept phrase) and an image of
         # the concept showing what each prompt describes
         train = [with_placeholder(target, p, placeholder) for p in target.seed_prompts(b.images, seed + 1)]
-        latents = target.image_latents(paired_concept_images(target, b.images, seed + 1))
+        latents = target.image_latents(target.paired_concept_images(b.images, seed + 1))
         objective = DenoisingObjective(target, latents, (b.t_min, b.t_max), b.clip_weight, self.adaptive)
         init = init_embedding(target)
         ids, where = LearnedTokens({placeholder: init}).tokenize(target.tokenizer, train)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conceptguard.attacks.base import Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget, Budget
 from conceptguard.learned_tokens import override_token_embeddings
 
 
@@ -167,6 +167,7 @@ def pez_prompts(target: AttackTarget, images: list[Image.Image], n: int, budget:
     return pez_search(target, images, n, budget, seed).prompts
 
 
+@ATTACKS.register("pez")
 class PezAttack(Attack[PezBudget]):
     """PEZ against the concept: hard prompts whose CLIP text embedding matches images of it.
 

@@ -7,7 +7,7 @@ target's prompt filters block, and keeps only candidates the filters let through
 
 1. Concept vector: v = mean_i [E(p_u,i) - E(p_a,i)] over twin prompts that differ only in the
    concept (a phrasing of c_u vs. the acceptable counterpart c_a, same shape, colour, background;
-   eval.prompts.twin_prompts). E is the encoder's full output [77, d].
+   Domain.twin_prompts). E is the encoder's full output [77, d].
 2. For each base prompt p (target.seed_prompts, with the blocked words stripped):
    target T = E(strip(p)) + eta * v.
 3. Genetic search over `length` tokens from the vocabulary, fitness = cosine(E(candidate), T)
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from conceptguard.attacks.base import Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget, Budget
 
 
 class RingABellBudget(Budget):
@@ -50,6 +50,7 @@ class RingABellBudget(Budget):
                    patience=6)
 
 
+@ATTACKS.register("ringabell")
 class RingABell(Attack[RingABellBudget]):
     name = "ringabell"
     threat_model = "text encoder only: concept vector + genetic token search (filter-aware vocabulary)"
@@ -69,9 +70,7 @@ class RingABell(Attack[RingABellBudget]):
 
     def concept_vector(self, target: AttackTarget, seed: int = 0) -> torch.Tensor:
         """mean(E(with the concept) - E(without it)) over twin prompts [positions, d]."""
-        from conceptguard.eval.prompts import twin_prompts
-
-        pairs = twin_prompts(target.concept, self.budget.pairs, seed)  # type: ignore[attr-defined]
+        pairs = target.domain.twin_prompts(target.concept, self.budget.pairs, seed)
         with_c = self._encode(target, [u for u, _ in pairs])
         without = self._encode(target, [a for _, a in pairs])
         return (with_c - without).mean(0)
@@ -81,7 +80,7 @@ class RingABell(Attack[RingABellBudget]):
         E(stripped) + eta * v, flattened and normalised [n, positions * d]."""
         bases = target.seed_prompts(n, seed)
         stripped = [target.strip_blocked(p) for p in bases]
-        goal = self._encode(target, stripped) + self.budget.eta * self.concept_vector(target, seed)  # type: ignore[attr-defined]
+        goal = self._encode(target, stripped) + self.budget.eta * self.concept_vector(target, seed)
         return stripped, torch.nn.functional.normalize(goal.flatten(1), dim=-1)
 
     def similarity(self, target: AttackTarget, prompts: list[str], goals: torch.Tensor) -> np.ndarray:
@@ -149,8 +148,8 @@ class RingABell(Attack[RingABellBudget]):
             cand = [k + c for k, c in zip(kept_text, new_cand)]
             top = score.max(1)
             improved = top > best + 1e-7
-            for i in np.flatnonzero(improved):
-                best_text[i] = cand[i][int(score[i].argmax())]
+            for j in np.flatnonzero(improved):
+                best_text[j] = cand[j][int(score[j].argmax())]
             best = np.maximum(best, top)
             target.report("ringabell", gen, budget.generations)
             stale = 0 if improved.any() else stale + 1

@@ -2,7 +2,7 @@
 substitutes of the concept's words that get past the target and still make it draw the concept.
 
 The paper trains a small RL policy over tokens; here the same ingredients drive a cheaper
-bandit/beam search (attacks.md allows a "-style" search):
+bandit/beam search (a "SneakyPrompt-style" search, docs/attacks.md):
 
 1. Start: query every base prompt (`target.seed_prompts`) once. A prompt whose image is not
    blocked and already shows the concept (reward >= `threshold`, on `confirm` noise seeds) is
@@ -36,7 +36,7 @@ import re
 import numpy as np
 import torch
 
-from conceptguard.attacks.base import Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget, Budget
 
 
 class SneakyBudget(Budget):
@@ -60,6 +60,7 @@ class SneakyBudget(Budget):
         return cls(queries=12, beam=3, steps=10, max_tokens=2, pool=12, confirm=2)
 
 
+@ATTACKS.register("sneaky")
 class SneakyPrompt(Attack[SneakyBudget]):
     name = "sneaky"
     threat_model = "black box, query-limited: token substitutions, reward = attacker's CLIP x not blocked"
@@ -199,7 +200,7 @@ class SneakyPrompt(Attack[SneakyBudget]):
     def _combine(top: list[int], max_tokens: int, rng: np.random.Generator, limit: int = 512) -> list[tuple[int, ...]]:
         """Multi-token substitutes from the best single tokens: all ordered pairs, then random
         longer ones."""
-        out = [(a, b) for a in top for b in top if a != b]
+        out: list[tuple[int, ...]] = [(a, b) for a in top for b in top if a != b]
         for length in range(3, min(max_tokens, len(top)) + 1):
             for _ in range(max(0, limit - len(out)) // max(1, max_tokens - 2)):
                 out.append(tuple(int(t) for t in rng.choice(top, size=length, replace=False)))

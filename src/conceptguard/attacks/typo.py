@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFont
 
-from conceptguard.attacks.base import Attack, AttackResult, AttackTarget
+from conceptguard.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget
 from conceptguard.attacks.pez import PezBudget, pez_search
 
 
@@ -62,6 +62,7 @@ def write_text(image: Image.Image, text: str, height: float = 0.25, min_px: int 
     return im
 
 
+@ATTACKS.register("typo+")
 class TypoAttack(Attack[TypoBudget]):
     """Typo+: c_a written onto images of the concept, prompts recovered from them with PEZ."""
 

@@ -19,7 +19,7 @@ defenses and, against image filters, adds a hinge that pushes the CLIP embedding
 predicted clean image toward c_a rather than c_u until the filter would pass it
 (`ImageFilterTerm`).
 
-The helpers here (`DenoisingObjective`, `ImageFilterTerm`, `paired_concept_images`,
+The helpers here (`DenoisingObjective`, `ImageFilterTerm`,
 `cpu_threads`) are shared with the CCE attack (cce.py).
 """
 
@@ -29,11 +29,11 @@ import contextlib
 import math
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from conceptguard.attacks.base import B, Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget, B, Budget
+from conceptguard.defenses.espresso import EspressoFilter, p_unacceptable
 
 # ------------------------------------------------------------------------------ shared helpers
 
@@ -64,38 +64,6 @@ def attack_vocabulary(target: AttackTarget) -> tuple[torch.Tensor, list[str]]:
             ids.append(i)
             words.append(word)
     return torch.tensor(ids, dtype=torch.long), words
-
-
-def paired_concept_images(target: AttackTarget, n: int, seed: int = 0) -> list:
-    """One image of the concept for each of target.seed_prompts(n, seed), showing what that prompt
-    describes (the paper's setting: the target image is what the original model makes of the
-    prompt). Real models: target.concept_images, generated from exactly those prompts. Mini
-    world: a render of the prompt's scene (its shape, colour, background) with the concept's mark,
-    so the denoising loss rewards the concept rather than matching unrelated attributes."""
-    if not target.is_miniworld:
-        return target.concept_images(n, seed)
-    from PIL import Image
-
-    from conceptguard.eval.prompts import miniworld_set
-    from conceptguard.miniworld.render import render
-    from conceptguard.miniworld.scene import sample_scene
-    from conceptguard.miniworld.world import CONCEPT_BY_NAME
-
-    wc = CONCEPT_BY_NAME[target.concept.name]
-    items = miniworld_set(wc.name, "unacceptable", n, seed=seed).items
-    if [i.text for i in items] != target.seed_prompts(n, seed):  # not the prompts attacked: unpaired renders
-        return target.concept_images(n, seed)
-    rng = np.random.default_rng(seed)
-    images = []
-    for item in items:
-        fixed = {k: item.expected[k] for k in ("shape", "color", "background") if k in item.expected}
-        fixed.update(flames=False, cracks=False)
-        if wc.mark == "rings":
-            fixed["texture"] = "rings"
-        else:
-            fixed[wc.mark] = True
-        images.append(Image.fromarray(render(sample_scene(rng, allow_heldout=True, **fixed), rng)))
-    return images
 
 
 def clip_image_embeds(embedder, images: torch.Tensor) -> torch.Tensor:
@@ -137,19 +105,17 @@ class ImageFilterTerm:
     margin = 1.0
 
     def __init__(self, target: AttackTarget) -> None:
-        from conceptguard.defenses.espresso import concept_texts, p_unacceptable
 
         self._p_u = p_unacceptable
         self.parts = []  # (embedder, t_u, t_a, scale, mode, tau)
         name = target.concept.name
         for f in target.image_filters:
-            pairs = [c for c in getattr(f, "concepts", []) if getattr(c, "name", None) == name]
-            if pairs and hasattr(f, "embedder"):
-                self.parts.append((f.embedder, pairs[0].t_u, pairs[0].t_a, f.scale, getattr(f, "mode", "softmax"),
-                                   getattr(f, "tau", 0.5)))
+            pairs = [c for c in f.concepts if c.name == name] if isinstance(f, EspressoFilter) else []
+            if isinstance(f, EspressoFilter) and pairs:
+                self.parts.append((f.embedder, pairs[0].t_u, pairs[0].t_a, f.scale, f.mode, f.tau))
             elif not any(p[0] is target.embedder and p[4] == "softmax" for p in self.parts):
                 e = target.embedder
-                t = e.texts(list(concept_texts(target.concept)))
+                t = e.texts(list(target.concept.filter_texts))
                 self.parts.append((e, t[0], t[1], e.logit_scale, "softmax", 0.5))
 
     def __bool__(self) -> bool:
@@ -157,7 +123,7 @@ class ImageFilterTerm:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image loss [B] for decoded images in [-1, 1]."""
-        total = 0
+        total = torch.zeros(())
         for embedder, t_u, t_a, scale, mode, tau in self.parts:
             p_u = self._p_u(clip_image_embeds(embedder, images), t_u, t_a, scale, mode).clamp(1e-6, 1 - 1e-6)
             logit = torch.log(p_u) - torch.log1p(-p_u)
@@ -207,6 +173,7 @@ class DenoisingObjective:
             x0 = (x_t.to(pred.device) - (1 - a).sqrt() * pred) / a.sqrt()
             vae = target.pipe.vae
             images = vae.decode((x0 / vae.config.scaling_factor).to(vae.dtype)).sample
+            assert self.filter_term is not None  # clip_weight is 0 without one
             loss = loss + self.clip_weight * self.filter_term(images).to(loss.device)
         return loss
 
@@ -266,6 +233,8 @@ class WhiteBoxAttack(Attack[B]):
         raise NotImplementedError
 
 
+@ATTACKS.register("unlearndiff", adaptive=False)
+@ATTACKS.register("unlearndiff+", adaptive=True)
 class UnlearnDiffAtk(WhiteBoxAttack[UnlearnDiffBudget]):
     """Prefix tokens found by a gradient-ranked token search on the defended model's denoising loss.
 
@@ -290,7 +259,7 @@ class UnlearnDiffAtk(WhiteBoxAttack[UnlearnDiffBudget]):
         k, V = b.tokens, len(vocab)
 
         base = [target.strip_blocked(p) for p in target.seed_prompts(n, seed)]
-        images = paired_concept_images(target, n, seed)
+        images = target.paired_concept_images(n, seed)
         objective = DenoisingObjective(target, target.image_latents(images), (b.t_min, b.t_max), b.clip_weight,
                                        self.adaptive)
         owner = torch.arange(n).repeat_interleave(b.draws)

@@ -1,5 +1,5 @@
 """All but One (Hong, Lee, Woo; AAAI 2024): update only the guidance term of the erased concept
-toward the alternative's, and keep the unconditional score where it was (spec: allbutone.md).
+toward the alternative's, and keep the unconditional score where it was (docs/allbutone.md).
 
     L = || [eps_t(x_t, c_e) - eps_t(x_t, "")] - [eps_o(x_t, c_alt) - eps_o(x_t, "")] ||^2
         + lambda * || eps_t(x_t, "") - eps_o(x_t, "") ||^2  (+ mu * retain term)
@@ -17,7 +17,8 @@ Purification: DDIM-invert an image with the original model, regenerate it with t
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,10 @@ from PIL import Image
 from conceptguard.concepts import Concept
 from conceptguard.defenses.baselines.esd import _encode, sample_until, training_setup
 from conceptguard.defenses.baselines.weight_edit import WeightEdit
-from conceptguard.errors import InvalidInputError
+from conceptguard.defenses.registry import DEFENSES, BuildContext
+from conceptguard.domain import Domain
+from conceptguard.errors import ConfigError, InvalidInputError
+from conceptguard.progress import Progress, report
 
 # Same step budget and sampling as the ESD mini preset, so the two compare at equal cost.
 # layout_t: above this timestep the edit keeps the erased prompt's own guidance term (our
@@ -39,6 +43,10 @@ from conceptguard.errors import InvalidInputError
 # (ESD's 3e-4 gave a weaker edit below t = 700, where purification regenerates: flames removed
 # from 0.78 of renders vs 0.88, burning, seed 0).
 MINI = dict(iterations=150, lr=6e-4, ddim_steps=25, start_guidance=3.0, batch=4, lam=1.0, mu=0.5, layout_t=700)
+# No preset for real models yet: a real model must name its hyper-parameters.
+PRESETS = {"mini": MINI}
+# What is erased toward and which weights learn (the CLI's `--set alternative=... params=attn lora_rank=4`).
+TARGET = dict(alternative=None, params="xattn", lora_rank=0)
 PARAM_SETS = ("xattn", "attn", "full")
 
 
@@ -54,34 +62,27 @@ def trainable_names(unet, params: str) -> list[str]:
     raise InvalidInputError(f"--params must be one of {', '.join(PARAM_SETS)}, not {params!r}")
 
 
-def erase_pairs(concept: Concept, alternative: str | None, n: int, seed: int) -> list[tuple[str, str]]:
+def erase_pairs(domain: Domain, concept: Concept, alternative: str | None, n: int,
+                seed: int) -> list[tuple[str, str]]:
     """(prompt with the concept, the same prompt with the alternative). Default alternative: c_a."""
-    from conceptguard.eval.prompts import twin_prompts
-
     if alternative is None or alternative == concept.c_a:
-        return twin_prompts(concept, n, seed)
+        return domain.twin_prompts(concept, n, seed)
     phrases = concept.train_phrasings or [concept.c_u]
     return [(phrases[i % len(phrases)], alternative) for i in range(n)]
 
 
-def _retain_prompts(concept: Concept, seed: int) -> list[str]:
-    from conceptguard.defenses.text_data import benign_prompts
-
-    return benign_prompts([concept], 32, seed + 3)
-
-
-def train_allbutone(pipe, concept: Concept, alternative: str | None = None, seed: int = 0, params: str = "xattn",
-                    lora_rank: int = 0, progress: Callable[[int, int, float], None] | None = None,
+def train_allbutone(pipe, domain: Domain, concept: Concept, alternative: str | None = None, seed: int = 0,
+                    params: str = "xattn", lora_rank: int = 0, progress: Progress | None = None,
                     **overrides) -> WeightEdit:
     """Train the edit; returns the changed UNet weights (LoRA merged when lora_rank > 0)."""
-    hp = {**MINI, **overrides}
+    hp = {**PRESETS.get(domain.preset, MINI), **overrides}
     frozen, unet, scheduler, rng, gen = training_setup(pipe, seed, hp["ddim_steps"])
     names = trainable_names(unet, params)
     trainable = _make_trainable(unet, names, lora_rank, seed)
     opt = torch.optim.Adam(trainable, lr=hp["lr"])
-    pairs = erase_pairs(concept, alternative, 64, seed)
+    pairs = erase_pairs(domain, concept, alternative, 64, seed)
     embeds = {p: _encode(pipe, [p]) for pair in pairs for p in pair}
-    retain = _retain_prompts(concept, seed)
+    retain = domain.benign_prompts(32, seed + 3)
     emb_retain = _encode(pipe, retain)
     emb_0 = _encode(pipe, [""])
     size, stride = unet.config.sample_size, scheduler.config.num_train_timesteps // hp["ddim_steps"]
@@ -107,8 +108,7 @@ def train_allbutone(pipe, concept: Concept, alternative: str | None = None, seed
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if progress:
-            progress(it + 1, hp["iterations"], loss.item())
+        report(progress, f"train allbutone {concept.name}", it + 1, hp["iterations"], f"loss {loss.item():.5f}")
     changed = _changed_weights(unet, names, lora_rank)
     config = {"name": "allbutone", "method": "All but One", "concept": concept.name,
               "alternative": alternative or concept.c_a, "params": params, "lora_rank": lora_rank,
@@ -144,6 +144,18 @@ def _changed_weights(unet, names: list[str], lora_rank: int) -> dict[str, torch.
     return out
 
 
+@DEFENSES.register("allbutone")
+def build_allbutone(concept: Concept, ctx: BuildContext) -> WeightEdit:
+    """All but One toward c_a with the domain's preset, trained once per (model, concept) and cached."""
+    if ctx.domain.preset not in PRESETS and not ctx.overrides:
+        raise ConfigError(f"All but One has no {ctx.domain.preset!r} preset: give its settings ({', '.join(MINI)})")
+    hp: dict[str, Any] = ctx.recipe({**PRESETS.get(ctx.domain.preset, MINI), **TARGET})
+    return ctx.load_or_train("allbutone", concept, hp,
+                             lambda: train_allbutone(ctx.pipe, ctx.domain, concept, seed=ctx.seed, progress=ctx.progress,
+                                                     **hp),
+                             WeightEdit.from_pretrained)
+
+
 # ------------------------------------------------------------------------------- purification
 
 @torch.no_grad()
@@ -173,15 +185,15 @@ def purify(pipe, edit: WeightEdit, images: list[Image.Image], prompt: str, steps
     0.91. Full inversion without guidance removed the flames from only 0.59."""
     from diffusers import DDIMScheduler
 
-    from conceptguard.guard import GuardedPipeline
-
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32))
                      for im in images]).permute(0, 3, 1, 2) / 127.5 - 1
     cond = _encode(pipe, [prompt] * len(images))
     n_steps = max(1, round(strength * steps))
     latents = ddim_invert(pipe, x, cond, steps, n_steps)
-    edited = GuardedPipeline(pipe, [edit]).unet
+    components = {"unet": copy.deepcopy(pipe.unet)}  # the pipeline passed in stays as it is
+    edit.apply_to(components)
+    edited = components["unet"]
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps)
     uncond = _encode(pipe, [""] * len(images))

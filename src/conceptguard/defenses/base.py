@@ -1,4 +1,4 @@
-"""The five kinds of defense, by where in generation they act (architecture.md).
+"""The five kinds of defense, by where in generation they act (docs/architecture.md).
 
 A defense never runs the pipeline itself: GuardedPipeline calls each kind at its point of the
 generation and records what it decided, so every block can be attributed.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -107,6 +108,21 @@ class ImageFilter(Defense):
     kind = "image_filter"
 
     def check(self, images: list[Image.Image], prompts: list[str]) -> list[Decision]:
+        raise NotImplementedError
+
+
+class CertifiedImageFilter(ImageFilter):
+    """An image filter whose decision is a function of an image embedding with a certified radius:
+    no change of the embedding smaller than the radius flips it (Espresso). The bench reports
+    these radii beside the embedding shifts attacks cause."""
+
+    def embed(self, images: list[Image.Image]) -> torch.Tensor:
+        """The embeddings [N, d] the decision is made on."""
+        raise NotImplementedError
+
+    def certify(self, images: list[Image.Image], unacceptable: list[bool],
+                concept: str | None = None) -> dict[str, np.ndarray]:
+        """Per image: `radius` (certified) and `correct` (the decision matches `unacceptable`)."""
         raise NotImplementedError
 
 

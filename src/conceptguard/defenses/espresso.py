@@ -1,5 +1,5 @@
 """Espresso: a CLIP filter on generated images that decides, per concept, whether an image shows
-the unacceptable concept c_u or its acceptable counterpart c_a (spec: espresso.md).
+the unacceptable concept c_u or its acceptable counterpart c_a (docs/espresso.md).
 
     p_u = softmax(s * [cos(x, t_u), cos(x, t_a)])[0]      flag when p_u > tau
 
@@ -12,38 +12,27 @@ which gives every image a certified radius (`certified_radii`).
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter as PILImageFilter
-from safetensors.torch import load_file, save_file
+from PIL import Image
+from PIL import ImageFilter as PILImageFilter
 
-from conceptguard.concepts import Concept, get_concept
-from conceptguard.defenses.base import Decision, ImageFilter
-from conceptguard.errors import CorruptWeightsError, InvalidInputError, ModelNotFoundError
-from conceptguard.eval.prompts import twin_prompts
-from conceptguard.models import ClipEmbedder
+from conceptguard.concepts import Concept
+from conceptguard.defenses.base import CertifiedImageFilter, Decision
+from conceptguard.defenses.pretrained import PretrainedMixin
+from conceptguard.defenses.registry import DEFENSES, BuildContext
+from conceptguard.domain import Domain
+from conceptguard.errors import InvalidInputError
+from conceptguard.generation import generate
+from conceptguard.models import ClipEmbedder, load_clip
+from conceptguard.progress import Progress, report
 
 Mode = Literal["softmax", "projection"]
-Progress = Callable[[int, int, float], None]  # (step, total, loss)
-
-
-def concept_texts(concept: Concept) -> tuple[str, str]:
-    """The two texts the filter compares: (c_u, c_a). Mini-world concepts use the short prompts the
-    mini CLIP was aligned on ("a photo of a burning object"); real presets use the paper's phrases."""
-    from conceptguard.miniworld.world import CONCEPT_BY_NAME, describe_concept
-
-    wc = CONCEPT_BY_NAME.get(concept.name)
-    if wc is None:
-        return concept.c_u, concept.c_a
-    first = next(p for p in wc.phrasings if p.text == concept.c_u)
-    return describe_concept(wc, first), describe_concept(wc, wc.acceptable)
 
 
 # ------------------------------------------------------------------------------- the decision
@@ -94,11 +83,14 @@ class ConceptPair:
 
 # ----------------------------------------------------------------------------------- the filter
 
-class EspressoFilter(ImageFilter):
+@DEFENSES.register("espresso")
+class EspressoFilter(PretrainedMixin, CertifiedImageFilter):
     """An ImageFilter over one or more concepts; flagged images are replaced (black, blur or a
     given image). The record keeps p_u per concept. Per image: one vision forward pass."""
 
     name = "espresso"
+    pretrained_kind = "espresso"
+    weights_name = "espresso.safetensors"
 
     def __init__(self, embedder: ClipEmbedder, concepts: Sequence[Concept], tau: float = 0.5,
                  mode: Mode = "softmax", replacement: str | Image.Image = "black",
@@ -114,6 +106,7 @@ class EspressoFilter(ImageFilter):
             raise InvalidInputError(f"replacement must be 'black', 'blur' or an image, not {replacement!r}")
         self.embedder, self.tau, self.mode, self.replacement, self.name = embedder, tau, mode, replacement, name
         # the text side: the base CLIP's unless a fine-tuned one is given
+        self.training_summary: dict = {}  # how a fine-tuned filter was trained (saved with it)
         self.text_model = text_model or embedder.clip.text_model
         self.text_projection = text_projection or embedder.clip.text_projection
         self.concepts = [self._pair(c) for c in concepts]
@@ -123,13 +116,17 @@ class EspressoFilter(ImageFilter):
         return _text_embeds(self.text_model, self.text_projection, self.embedder.processor.tokenizer, texts)
 
     def _pair(self, concept: Concept) -> ConceptPair:
-        text_u, text_a = concept_texts(concept)
+        text_u, text_a = concept.filter_texts
         t = self.embed_texts([text_u, text_a])  # cached: computed once per concept
         return ConceptPair(concept.name, text_u, text_a, t[0], t[1])
 
     @property
     def scale(self) -> float:
         return self.embedder.logit_scale
+
+    def embed(self, images: list[Image.Image]) -> torch.Tensor:
+        """Normalised CLIP image embeddings: the space the decision and its radius live in."""
+        return self.embedder.images(images)
 
     def scores(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """p_u per concept for each image."""
@@ -173,55 +170,50 @@ class EspressoFilter(ImageFilter):
 
     # ----------------------------------------------------------------------------- storage
 
-    def save_pretrained(self, path: str | Path, base_clip: str = "miniworld", extra: dict | None = None) -> None:
-        """The text side (safetensors), the cached concept embeddings, and a config naming the
-        base CLIP; the frozen vision tower is not copied."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        text = {f"text_model.{k}": v for k, v in self.text_model.state_dict().items()}
-        text.update({f"text_projection.{k}": v for k, v in self.text_projection.state_dict().items()})
-        save_file({k: v.detach().contiguous().cpu() for k, v in text.items()}, path / "text.safetensors")
-        save_file({f"{c.name}/{w}": getattr(c, w).contiguous() for c in self.concepts for w in ("t_u", "t_a")},
-                  path / "concepts.safetensors")
-        config = {"kind": "espresso", "base_clip": base_clip, "tau": self.tau, "mode": self.mode,
-                  "name": self.name, "hidden_size": self.text_model.config.hidden_size,
-                  "concepts": [{"name": c.name, "text_u": c.text_u, "text_a": c.text_a} for c in self.concepts],
-                  **(extra or {})}
-        (path / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    @classmethod
+    def build(cls, concept: Concept, ctx: BuildContext) -> EspressoFilter:
+        return cls(ctx.embedder, [concept])
+
+    @property
+    def config(self) -> dict:
+        """The base CLIP (the embedder's), the decision's settings, the concepts' texts, and how
+        the filter was trained (when it was)."""
+        return {"base_clip": self.embedder.name, "tau": self.tau, "mode": self.mode, "name": self.name,
+                "hidden_size": getattr(self.text_model, "config").hidden_size,
+                "concepts": [{"name": c.name, "text_u": c.text_u, "text_a": c.text_a} for c in self.concepts],
+                **self.training_summary}
+
+    def pretrained_config(self) -> dict:
+        return self.config
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The text side and the cached concept embeddings; the frozen vision tower is not copied."""
+        tensors = {f"text_model.{k}": v for k, v in self.text_model.state_dict().items()}
+        tensors.update({f"text_projection.{k}": v for k, v in self.text_projection.state_dict().items()})
+        tensors.update({f"concepts.{c.name}/{w}": getattr(c, w) for c in self.concepts for w in ("t_u", "t_a")})
+        return tensors
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, embedder: ClipEmbedder | None = None,
-                        tau: float | None = None) -> "EspressoFilter":
-        from conceptguard.models import load_clip
-
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"no Espresso filter in {path} (config.json missing)")
-        config = json.loads((path / "config.json").read_text())
+    def from_state(cls, config: dict, tensors: dict[str, torch.Tensor], embedder: ClipEmbedder | None = None,  # type: ignore[override]
+                   tau: float | None = None) -> EspressoFilter:
         if embedder is None:
-            base = config["base_clip"]
-            embedder = ClipEmbedder(*load_clip(None if base == "miniworld" else base))
+            embedder = ClipEmbedder(*load_clip(config["base_clip"]))
         if embedder.clip.text_model.config.hidden_size != config["hidden_size"]:
-            raise InvalidInputError(f"the filter in {path} was trained for a text encoder of width "
-                                    f"{config['hidden_size']}, this CLIP's is {embedder.clip.text_model.config.hidden_size}")
-        try:
-            text = load_file(path / "text.safetensors")
-            stored = load_file(path / "concepts.safetensors")
-        except Exception as err:  # a truncated or damaged file
-            raise CorruptWeightsError(f"damaged weights in {path}: {err}") from None
+            raise InvalidInputError(f"this filter was trained for a text encoder of width {config['hidden_size']}, "
+                                    f"this CLIP's is {embedder.clip.text_model.config.hidden_size}")
         text_model = copy.deepcopy(embedder.clip.text_model)
         projection = copy.deepcopy(embedder.clip.text_projection)
-        text_model.load_state_dict({k[len("text_model."):]: v for k, v in text.items() if k.startswith("text_model.")})
-        projection.load_state_dict({k[len("text_projection."):]: v for k, v in text.items()
+        text_model.load_state_dict({k[len("text_model."):]: v for k, v in tensors.items() if k.startswith("text_model.")})
+        projection.load_state_dict({k[len("text_projection."):]: v for k, v in tensors.items()
                                     if k.startswith("text_projection.")})
         self = cls.__new__(cls)
-        ImageFilter.__init__(self)
+        CertifiedImageFilter.__init__(self)
         self.embedder, self.text_model, self.text_projection = embedder, text_model.eval(), projection
         self.tau = config["tau"] if tau is None else tau
         self.mode, self.replacement, self.name = config["mode"], "black", config.get("name", "espresso")
-        self.concepts = [ConceptPair(c["name"], c["text_u"], c["text_a"], stored[f"{c['name']}/t_u"],
-                                     stored[f"{c['name']}/t_a"]) for c in config["concepts"]]
-        self.config = config
+        self.concepts = [ConceptPair(c["name"], c["text_u"], c["text_a"], tensors[f"concepts.{c['name']}/t_u"],
+                                     tensors[f"concepts.{c['name']}/t_a"]) for c in config["concepts"]]
+        self.training_summary = {k: config[k] for k in ("best_epoch", "history", "before") if k in config}
         return self
 
 
@@ -235,7 +227,7 @@ def _text_embeds(text_model, projection, tokenizer, texts: list[str]) -> torch.T
 
 @dataclass
 class FinetuneConfig:
-    """The reference hyper-parameters of espresso.md (the optimizer also takes betas (0.9, 0.98), eps 1e-6)."""
+    """The paper's reference hyper-parameters (docs/espresso.md; the optimizer also takes betas (0.9, 0.98), eps 1e-6)."""
 
     pairs: int = 96
     val_pairs: int = 48
@@ -275,18 +267,16 @@ def _validate(x_u: torch.Tensor, x_a: torch.Tensor, t: torch.Tensor, scale: floa
             "mean_radius": float(radii.mean())}
 
 
-def finetune(pipe, embedder: ClipEmbedder, concept: Concept, cfg: FinetuneConfig = FinetuneConfig(),
+def finetune(pipe, domain: Domain, embedder: ClipEmbedder, concept: Concept, cfg: FinetuneConfig = FinetuneConfig(),
              tau: float = 0.5, progress: Progress | None = None,
              generate_fn: Callable[[list[str], list[int]], list[Image.Image]] | None = None) -> FinetuneResult:
     """Fine-tune the text side for one concept on (prompt, image) pairs generated by `pipe`.
 
     The checkpoint kept is the epoch with the lowest validation FNR + FPR (ties: larger mean
-    certified radius)."""
-    from conceptguard.generation import generate
-
+    certified radius). Training prompts (twins, unrelated scenes) come from the domain."""
     gen = generate_fn or (lambda prompts, seeds: generate(pipe, prompts, seeds))
     torch.manual_seed(cfg.seed)
-    pairs = twin_prompts(concept, cfg.pairs + cfg.val_pairs, seed=cfg.seed + 17)
+    pairs = domain.twin_prompts(concept, cfg.pairs + cfg.val_pairs, seed=cfg.seed + 17)
     p_u, p_a = [u for u, _ in pairs], [a for _, a in pairs]
     seeds = [cfg.seed * 1_000_000 + i for i in range(len(pairs))]
     images_u, images_a = gen(p_u, seeds), gen(p_a, seeds)  # same seed: the twin differs only in text
@@ -300,8 +290,8 @@ def finetune(pipe, embedder: ClipEmbedder, concept: Concept, cfg: FinetuneConfig
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=cfg.weight_decay)
     scale = embedder.logit_scale
-    text_u, text_a = concept_texts(concept)
-    preserve = _preserve_prompts(concept, cfg.seed)
+    text_u, text_a = concept.filter_texts
+    preserve = domain.unrelated_prompts(8, cfg.seed + 5)
     x_other = embedder.images(gen(preserve, [cfg.seed * 1_000_000 + 500_000 + i for i in range(len(preserve))]))
     with torch.no_grad():
         preserve_ref = _text_embeds(text_model, projection, tokenizer, preserve)
@@ -337,8 +327,8 @@ def finetune(pipe, embedder: ClipEmbedder, concept: Concept, cfg: FinetuneConfig
             loss.backward()
             opt.step()
             losses.append(loss.item())
-            if progress:
-                progress((epoch - 1) * steps_per_epoch + k + 1, total, losses[-1])
+            report(progress, f"train espresso-ft {concept.name}", (epoch - 1) * steps_per_epoch + k + 1, total,
+                   f"loss {losses[-1]:.4f}")
         with torch.no_grad():
             val = _validate(x_u[n:], x_a[n:], _text_embeds(text_model, projection, tokenizer, [text_u, text_a]),
                             scale, tau)
@@ -352,6 +342,7 @@ def finetune(pipe, embedder: ClipEmbedder, concept: Concept, cfg: FinetuneConfig
     projection.requires_grad_(False)
     filt = EspressoFilter(embedder, [concept], tau=tau, text_model=text_model, text_projection=projection,
                           name="espresso-ft")
+    filt.training_summary = {"best_epoch": best_epoch, "history": history, "before": before}  # saved with the filter
     return FinetuneResult(filt, history, best_epoch, before,
                           {"images": images_u[n:] + images_a[n:], "unacceptable": [True] * (len(pairs) - n)
                            + [False] * (len(pairs) - n)})
@@ -362,28 +353,11 @@ def _state(text_model, projection) -> tuple[dict, dict]:
             {k: v.detach().clone() for k, v in projection.state_dict().items()})
 
 
-def _preserve_prompts(concept: Concept, seed: int) -> list[str]:
-    """Prompts unrelated to the concept whose embeddings fine-tuning should leave in place."""
-    from conceptguard.miniworld.world import CONCEPT_BY_NAME
-
-    if concept.name in CONCEPT_BY_NAME:
-        from conceptguard.eval.prompts import miniworld_set
-
-        return [i.text for i in miniworld_set(concept.name, "acceptable", 16, seed=seed + 5).items[8:]]
-    return ["a photo of a dog", "a landscape painting", "a city street at night", "a bowl of fruit",
-            "a person reading a book", "a mountain lake", "a red car", "a portrait of an old man"]
-
-
-def load_or_finetune(folder: Path, pipe, embedder: ClipEmbedder, concept: Concept,
-                     cfg: FinetuneConfig = FinetuneConfig(), progress: Progress | None = None) -> EspressoFilter:
-    """The cached fine-tuned filter for `concept`, training it on first use."""
-    if (folder / "config.json").exists():
-        return EspressoFilter.from_pretrained(folder, embedder)
-    result = finetune(pipe, embedder, concept, cfg, progress=progress)
-    result.filter.save_pretrained(folder, extra={"best_epoch": result.best_epoch, "history": result.history,
-                                                 "before": result.before})
-    return result.filter
-
-
-def build_filter(concept_names: Sequence[str], embedder: ClipEmbedder, **kwargs) -> EspressoFilter:
-    return EspressoFilter(embedder, [get_concept(n) for n in concept_names], **kwargs)
+@DEFENSES.register("espresso-ft")
+def build_finetuned(concept: Concept, ctx: BuildContext) -> EspressoFilter:
+    """Espresso fine-tuned for one concept on the model's own images, trained once and cached."""
+    cfg = ctx.recipe(FinetuneConfig(seed=ctx.seed))
+    return ctx.load_or_train("espresso-ft", concept, cfg,
+                             lambda: finetune(ctx.pipe, ctx.domain, ctx.embedder, concept, cfg,
+                                              progress=ctx.progress).filter,
+                             lambda folder: EspressoFilter.from_pretrained(folder, embedder=ctx.embedder))

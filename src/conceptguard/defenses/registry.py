@@ -1,44 +1,95 @@
-"""Defense names -> defenses, for configs and the CLI. Stacks join names with "+".
+"""Defense names -> defenses, for configs, the CLI and the Python API.
 
-Builders take the concept and a BuildContext (the pipeline, a CLIP embedder, a cache folder for
-trained defenses). Trained defenses (ESD, UCE) are trained on first use and loaded from the
-cache afterwards, keyed by method, concept and base model.
+Each defense registers its names next to its class or builder with `@DEFENSES.register(name,
+**kwargs)`; `build_stack("blocklist+espresso", concept, ctx)` builds a stack. A builder takes
+the concept, a BuildContext (the pipeline, the domain, a cache folder for trained defenses,
+seed and progress) and the keyword arguments registered with the name. Trained defenses are
+trained on first use and loaded from the cache afterwards (`BuildContext.load_or_train`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Callable
-
+from typing import Any, Callable, Mapping, Protocol, TypeVar
 
 from conceptguard.concepts import Concept
 from conceptguard.defenses.base import Defense
+from conceptguard.domain import Domain
 from conceptguard.errors import ConfigError
+from conceptguard.models import ClipEmbedder, load_clip, weights_fingerprint
+from conceptguard.progress import Progress
+from conceptguard.registry import Registry
 
-Builder = Callable[[Concept, "BuildContext"], list[Defense]]
+
+class Builder(Protocol):
+    def __call__(self, concept: Concept, ctx: BuildContext, **kwargs: Any) -> Defense: ...
+
+
+DEFENSES: Registry[Any] = Registry("defense")
+NONE = "none"  # the undefended model: the reference every metric compares with
+
+
+class Pretrained(Protocol):
+    def save_pretrained(self, path: str | Path) -> None: ...
+
+
+P = TypeVar("P", bound=Pretrained)
+R = TypeVar("R")
+
+
+def _coerce(key: str, text: str, default: Any) -> Any:
+    """A `--set key=value` string as the type of the setting's default."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"setting {key}: {text!r} is not a {type(default).__name__}") from None
+    return None if text.lower() == "none" else text
+
+
+def apply_overrides(recipe: Any, overrides: Mapping[str, str]) -> Any:
+    """A method's hyper-parameters (a dataclass or a dict) with `key=value` overrides applied."""
+    if not overrides:
+        return recipe
+    is_config = is_dataclass(recipe) and not isinstance(recipe, type)
+    current = {f.name: getattr(recipe, f.name) for f in fields(recipe)} if is_config else dict(recipe)
+    unknown = [k for k in overrides if k not in current]
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}; this method's settings: {', '.join(current)}")
+    new = {k: _coerce(k, v, current[k]) for k, v in overrides.items()}
+    return replace(recipe, **new) if is_config else {**current, **new}
 
 
 @dataclass
 class BuildContext:
-    pipe: object
+    """What building a defense may need besides its concept."""
+
+    pipe: Any
+    domain: Domain
     cache: Path
-    model_id: str = "miniworld"
-    clip_id: str | None = None  # None: the mini CLIP
     seed: int = 0
-    progress: Callable[[str, int, int], None] | None = None
-    _embedder: object = field(default=None, repr=False)
+    progress: Progress | None = None
+    overrides: dict[str, str] = field(default_factory=dict)  # `--set key=value` for trained defenses
+    _embedder: ClipEmbedder | None = field(default=None, repr=False)
+
+    def recipe(self, default: R) -> R:
+        """A trained defense's hyper-parameters: its default with this context's overrides."""
+        return apply_overrides(default, self.overrides)
 
     @property
-    def embedder(self):
-        """The CLIP used by CLIP-based filters: the mini CLIP for the mini world."""
+    def embedder(self) -> ClipEmbedder:
+        """The CLIP used by CLIP-based filters: the domain's."""
         if self._embedder is None:
-            from conceptguard.models import ClipEmbedder, load_clip
-
-            self._embedder = ClipEmbedder(*load_clip(self.clip_id))
+            self._embedder = ClipEmbedder(*load_clip(self.domain.clip_id))
         return self._embedder
 
     def trained_dir(self, method: str, concept: str, recipe: object) -> Path:
@@ -47,174 +98,70 @@ class BuildContext:
         `recipe` (the method's hyper-parameters), so a changed default retrains instead of
         loading what the old one made. The weights are the whole pipeline's: some defenses
         (Espresso's fine-tune) learn from the images it decodes."""
-        from conceptguard.models import weights_fingerprint
-
         pipe = self.pipe
         weights = weights_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder)
-        settings = json.dumps(asdict(recipe) if is_dataclass(recipe) else recipe, sort_keys=True, default=str)
-        key = hashlib.sha256(f"{self.model_id}|{weights}|{settings}".encode()).hexdigest()[:10]
+        settings = json.dumps(asdict(recipe) if is_dataclass(recipe) and not isinstance(recipe, type) else recipe,
+                              sort_keys=True, default=str)
+        key = hashlib.sha256(f"{self.domain.model_id}|{weights}|{settings}".encode()).hexdigest()[:10]
         return self.cache / "defenses" / f"{method}-{concept}-{key}-s{self.seed}"
 
-
-def _blocklist(c: Concept, ctx: BuildContext) -> list[Defense]:
-    from conceptguard.defenses.baselines.blocklist import KeywordBlocklist
-
-    return [KeywordBlocklist.for_concepts([c])]
-
-
-def _negative(c: Concept, ctx: BuildContext) -> list[Defense]:
-    from conceptguard.defenses.baselines.negative_prompt import NegativePrompt
-
-    return [NegativePrompt.for_concepts([c])]
-
-
-def _sld(preset: str) -> Builder:
-    def build(c: Concept, ctx: BuildContext) -> list[Defense]:
-        from conceptguard.defenses.baselines.sld import SafeLatentDiffusion
-
-        return [SafeLatentDiffusion.for_concepts([c], preset)]
-    return build
-
-
-def _safety_checker(c: Concept, ctx: BuildContext) -> list[Defense]:
-    from conceptguard.defenses.baselines.safety_checker import SafetyCheckerFilter
-
-    f = SafetyCheckerFilter(ctx.embedder, {c.name: c.train_phrasings or [c.c_u]})
-    if ctx.model_id == "miniworld":  # calibrate on renders that do / do not show the concept
-        from PIL import Image
-
-        from conceptguard.miniworld.gates import concept_images
-        from conceptguard.miniworld.world import CONCEPT_BY_NAME
-
-        images, present = concept_images(CONCEPT_BY_NAME[c.name], 200, seed=ctx.seed + 7)
-        pil = [Image.fromarray(im) for im in images]
-        f.calibrate(c.name, [p for p, s in zip(pil, present) if s], [p for p, s in zip(pil, present) if not s])
-    return [f]
-
-
-def _recipe(module: str, name: str) -> Callable[[], object]:
-    """A method's default hyper-parameters, read when a defense is built (modules load lazily)."""
-    return lambda: getattr(importlib.import_module(module), name)
-
-
-def _trained(method: str, train: Callable, recipe: Callable[[], object]) -> Builder:
-    def build(c: Concept, ctx: BuildContext) -> list[Defense]:
-        from conceptguard.defenses.baselines.weight_edit import WeightEdit
-
-        folder = ctx.trained_dir(method, c.name, recipe())
+    def load_or_train(self, method: str, concept: Concept, recipe: object, train: Callable[[], P],
+                      load: Callable[[Path], P]) -> P:
+        """The cached defense for (method, concept, recipe), trained and saved on first use."""
+        folder = self.trained_dir(method, concept.name, recipe)
         if (folder / "config.json").exists():
-            return [WeightEdit.from_pretrained(folder)]
-        edit = train(c, ctx)
-        edit.save_pretrained(folder)
-        return [edit]
-    return build
-
-
-def _esd(variant: str) -> Builder:
-    def train(c: Concept, ctx: BuildContext):
-        from conceptguard.defenses.baselines.esd import train_esd
-
-        report = (lambda i, n, loss: ctx.progress(f"train esd-{variant} {c.name}", i, n)) if ctx.progress else None
-        return train_esd(ctx.pipe, c, variant, seed=ctx.seed, progress=report)
-    return _trained(f"esd-{variant}", train, _recipe("conceptguard.defenses.baselines.esd", "MINI"))
-
-
-def _allbutone(c: Concept, ctx: BuildContext):
-    from conceptguard.defenses.allbutone import train_allbutone
-
-    report = (lambda i, n, loss: ctx.progress(f"train allbutone {c.name}", i, n)) if ctx.progress else None
-    return train_allbutone(ctx.pipe, c, seed=ctx.seed, progress=report)
-
-
-def _uce(c: Concept, ctx: BuildContext):
-    from conceptguard.defenses.baselines.uce import train_uce
-    from conceptguard.eval.prompts import miniworld_set
-
-    preserve = None
-    if ctx.model_id == "miniworld":  # keep unrelated scenes as they are
-        preserve = [i.text for i in miniworld_set(c.name, "acceptable", 16, seed=ctx.seed + 99).items]
-    return train_uce(ctx.pipe, c, preserve=preserve)
-
-
-def _espresso(c: Concept, ctx: BuildContext) -> list[Defense]:
-    from conceptguard.defenses.espresso import EspressoFilter
-
-    return [EspressoFilter(ctx.embedder, [c])]
-
-
-def _espresso_ft(c: Concept, ctx: BuildContext) -> list[Defense]:
-    from conceptguard.defenses.espresso import FinetuneConfig, load_or_finetune
-
-    report = (lambda i, n, loss: ctx.progress(f"train espresso-ft {c.name}", i, n)) if ctx.progress else None
-    cfg = FinetuneConfig(seed=ctx.seed)
-    return [load_or_finetune(ctx.trained_dir("espresso-ft", c.name, cfg), ctx.pipe, ctx.embedder, c, cfg,
-                             progress=report)]
-
-
-def _sanitizer(alpha: float) -> Builder:
-    def build(c: Concept, ctx: BuildContext) -> list[Defense]:
-        from conceptguard.defenses.sanitizer import SanitizerConfig, SanitizerDefense, train_sanitizer
-
-        folder = ctx.trained_dir("sanitizer", c.name, SanitizerConfig())
-        name = "sanitizer" if alpha == 1 else f"sanitizer-a{alpha:g}"
-        if (folder / "config.json").exists():
-            return [SanitizerDefense.from_pretrained(folder, alpha, name)]
-        report = (lambda i, n, loss: ctx.progress(f"train sanitizer {c.name}", i, n)) if ctx.progress else None
-        trained = train_sanitizer([c], ctx.pipe.text_encoder, ctx.pipe.tokenizer, progress=report,
-                                  encoder_name=ctx.model_id)
+            return load(folder)
+        trained = train()
         trained.save_pretrained(folder)
-        trained.alpha, trained.name = alpha, name
-        return [trained]
-    return build
+        return trained
 
 
-def _steerdiff(eps: float = 0.88, spans_only: bool = False) -> Builder:
-    def build(c: Concept, ctx: BuildContext) -> list[Defense]:
-        from conceptguard.defenses.steerdiff import SteerDiff, SteerDiffConfig, train_steerdiff
+@dataclass(frozen=True)
+class DefenseStack:
+    """Defense names applied together, written "a+b" everywhere (config, store, results, report).
+    The empty stack is "none", the undefended model."""
 
-        folder = ctx.trained_dir("steerdiff", c.name, SteerDiffConfig())
-        name = "steerdiff" + ("-spans" if spans_only else "") + ("" if eps == 0.88 else f"-e{eps:g}")
-        if not (folder / "config.json").exists():
-            report = (lambda i, n, loss: ctx.progress(f"train steerdiff {c.name}", i, n)) if ctx.progress else None
-            train_steerdiff([c], ctx.pipe.text_encoder, ctx.pipe.tokenizer, progress=report,
-                            encoder_name=ctx.model_id).save_pretrained(folder)
-        return [SteerDiff.from_pretrained(folder, eps, spans_only, name)]
-    return build
+    names: tuple[str, ...]
 
+    @classmethod
+    def parse(cls, spec: str | DefenseStack) -> DefenseStack:
+        """Validate a "a+b" spec against the registry ("none" alone is the empty stack)."""
+        if isinstance(spec, DefenseStack):
+            return spec
+        parts = [p.strip() for p in str(spec).split("+")]
+        if parts == [NONE]:
+            return cls(())
+        for p in parts:
+            DEFENSES.check(p)
+        return cls(tuple(parts))
 
-BUILDERS: dict[str, Builder] = {
-    "none": lambda c, ctx: [],
-    "blocklist": _blocklist,
-    "negative-prompt": _negative,
-    **{f"sld-{p}": _sld(p) for p in ("weak", "medium", "strong", "max")},
-    "safety-checker": _safety_checker,
-    "esd-x": _esd("x"),
-    "esd-u": _esd("u"),
-    "uce": _trained("uce", _uce, _recipe("conceptguard.defenses.baselines.uce", "PAPER")),
-}
-BASELINES = tuple(BUILDERS)
-BUILDERS.update({"espresso": _espresso, "espresso-ft": _espresso_ft, "sanitizer": _sanitizer(1.0),
-                 **{f"sanitizer-a{a:g}": _sanitizer(a) for a in (0.0, 0.5, 2.0)},
-                 "allbutone": _trained("allbutone", _allbutone, _recipe("conceptguard.defenses.allbutone", "MINI")),
-                 "steerdiff": _steerdiff(), "steerdiff-spans": _steerdiff(spans_only=True),
-                 **{f"steerdiff-e{e:g}": _steerdiff(e) for e in (0.25, 0.5, 0.75, 1.0)}})
+    @property
+    def label(self) -> str:
+        return "+".join(self.names) or NONE
 
-
-def register(name: str, builder: Builder) -> None:
-    """Add a defense name (the CRT modules register theirs)."""
-    BUILDERS[name] = builder
+    def __str__(self) -> str:
+        return self.label
 
 
 def check_stack(spec: str) -> str:
-    parts = [p.strip() for p in spec.split("+")]
-    for p in parts:
-        if p not in BUILDERS:
-            raise ConfigError(f"unknown defense {p!r}; known: {', '.join(BUILDERS)}")
-    return "+".join(parts)
+    """The canonical label of a stack spec (ConfigError for unknown names)."""
+    return DefenseStack.parse(spec).label
 
 
-def build_stack(spec: str, concept: Concept, ctx: BuildContext) -> list[Defense]:
-    defenses: list[Defense] = []
-    for part in check_stack(spec).split("+"):
-        defenses += BUILDERS[part](concept, ctx)
-    return defenses
+def build_defense(name: str, concept: Concept, ctx: BuildContext) -> Defense:
+    obj, kwargs = DEFENSES.get(name)
+    builder: Builder = getattr(obj, "build") if isinstance(obj, type) else obj
+    return builder(concept, ctx, **kwargs)
+
+
+def build_defenses(stack: str | DefenseStack, concept: Concept, ctx: BuildContext) -> list[Defense]:
+    """The defenses of a stack for one concept, in the stack's order."""
+    return [build_defense(name, concept, ctx) for name in DefenseStack.parse(stack).names]
+
+
+def known_defenses() -> tuple[str, ...]:
+    return (NONE, *DEFENSES.names())
+
+
+__all__ = ["DEFENSES", "NONE", "BuildContext", "ConfigError", "DefenseStack", "build_defense", "build_defenses",
+           "check_stack", "known_defenses"]

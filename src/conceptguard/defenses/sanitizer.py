@@ -1,5 +1,5 @@
 """Embedding Sanitizer (ES): score every prompt token for harmfulness and rewrite the prompt
-embedding after the text encoder (spec: sanitizer.md).
+embedding after the text encoder (docs/sanitizer.md).
 
     H' = H + g * (H_hat - H),    g_i = clamp(alpha * max_{j <= i} s_j, 0, 1)
 
@@ -12,24 +12,21 @@ anchor twins that say the acceptable counterpart instead, and benign prompts.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conceptguard.concepts import Concept
 from conceptguard.defenses.base import Decision, EmbeddingDefense
-from conceptguard.defenses.text_data import (aligned_twins, benign_prompts, check_encoder, concept_twins, encode,
-                                             encoder_identity, gather_positions, token_mask)
-from conceptguard.errors import CorruptWeightsError, ModelNotFoundError
-
-Progress = Callable[[int, int, float], None]
+from conceptguard.defenses.pretrained import PretrainedMixin
+from conceptguard.defenses.registry import DEFENSES, BuildContext
+from conceptguard.defenses.text_data import aligned_twins, check_encoder, encode, encoder_identity, gather_positions, token_mask
+from conceptguard.domain import Domain
+from conceptguard.progress import Progress, report
 
 
 class EmbeddingSanitizer(nn.Module):
@@ -73,8 +70,11 @@ class EmbeddingSanitizer(nn.Module):
 
 # ------------------------------------------------------------------------------- the defense
 
-class SanitizerDefense(EmbeddingDefense):
+class SanitizerDefense(PretrainedMixin, EmbeddingDefense):
     """ES in the guard stack: rewrites prompt_embeds; the record keeps the highest token score."""
+
+    pretrained_kind = "sanitizer"
+    weights_name = "sanitizer.safetensors"
 
     def __init__(self, sanitizer: EmbeddingSanitizer, config: dict, alpha: float = 1.0, name: str = "sanitizer") -> None:
         self.sanitizer, self.config, self.alpha, self.name = sanitizer.eval(), config, alpha, name
@@ -112,23 +112,17 @@ class SanitizerDefense(EmbeddingDefense):
 
     # ------------------------------------------------------------------------------ storage
 
-    def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.sanitizer.state_dict().items()}, path / "sanitizer.safetensors")
-        (path / "config.json").write_text(json.dumps({**self.config, "kind": "sanitizer"}, indent=1) + "\n")
+    def pretrained_config(self) -> dict:
+        return self.config
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.sanitizer.state_dict()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, alpha: float = 1.0, name: str = "sanitizer") -> "SanitizerDefense":
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"no sanitizer in {path} (config.json missing)")
-        config = json.loads((path / "config.json").read_text())
+    def from_state(cls, config: dict, tensors: dict[str, torch.Tensor], alpha: float = 1.0,  # type: ignore[override]
+                   name: str = "sanitizer") -> SanitizerDefense:
         net = EmbeddingSanitizer(config["hidden_size"], config.get("scorer_width", 256))
-        try:
-            net.load_state_dict(load_file(path / "sanitizer.safetensors"))
-        except Exception as err:
-            raise CorruptWeightsError(f"damaged weights in {path}: {str(err).splitlines()[0]}") from None
+        net.load_state_dict(tensors)
         return cls(net, config, alpha, name)
 
 
@@ -144,14 +138,14 @@ class SanitizerData:
     benign_mask: torch.Tensor
 
 
-def build_data(concepts: Sequence[Concept], text_encoder, tokenizer, pairs: int, benign: int,
+def build_data(domain: Domain, concepts: Sequence[Concept], text_encoder, tokenizer, pairs: int, benign: int,
                seed: int) -> SanitizerData:
-    targets, anchors = concept_twins(concepts, pairs, seed)
+    targets, anchors = domain.concept_twins(concepts, pairs, seed)
     h_t, ids_t = encode(text_encoder, tokenizer, targets)
     h_a, ids_a = encode(text_encoder, tokenizer, anchors)
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     index, labels = aligned_twins(ids_t, ids_a, eos)
-    h_b, ids_b = encode(text_encoder, tokenizer, benign_prompts(concepts, benign, seed + 1) + anchors)
+    h_b, ids_b = encode(text_encoder, tokenizer, domain.benign_prompts(benign, seed + 1) + anchors)
     return SanitizerData(h_t, token_mask(ids_t, bos, eos), gather_positions(h_a, index), labels, h_b,
                          token_mask(ids_b, bos, eos))
 
@@ -171,11 +165,11 @@ class SanitizerConfig:
     seed: int = 0
 
 
-def train_sanitizer(concepts: Sequence[Concept], text_encoder, tokenizer, cfg: SanitizerConfig = SanitizerConfig(),
-                    progress: Progress | None = None, encoder_name: str = "miniworld") -> SanitizerDefense:
-    """Train ES from text alone for one or several concepts."""
+def train_sanitizer(domain: Domain, concepts: Sequence[Concept], text_encoder, tokenizer,
+                    cfg: SanitizerConfig = SanitizerConfig(), progress: Progress | None = None) -> SanitizerDefense:
+    """Train ES from text alone for one or several concepts (training text from the domain)."""
     torch.manual_seed(cfg.seed)
-    data = build_data(concepts, text_encoder, tokenizer, cfg.pairs, cfg.benign, cfg.seed)
+    data = build_data(domain, concepts, text_encoder, tokenizer, cfg.pairs, cfg.benign, cfg.seed)
     d = data.target.shape[-1]
     net = EmbeddingSanitizer(d)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -197,8 +191,23 @@ def train_sanitizer(concepts: Sequence[Concept], text_encoder, tokenizer, cfg: S
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        if progress:
-            progress(step + 1, cfg.steps, loss.item())
+        report(progress, f"train sanitizer {'+'.join(c.name for c in concepts)}", step + 1, cfg.steps,
+               f"loss {loss.item():.4f}")
     config = {"concepts": [c.name for c in concepts], "scorer_width": 256,
-              **encoder_identity(text_encoder, tokenizer, encoder_name), "train": dict(cfg.__dict__)}
+              **encoder_identity(text_encoder, tokenizer, domain.model_id), "train": dict(cfg.__dict__)}
     return SanitizerDefense(net.eval(), config)
+
+
+@DEFENSES.register("sanitizer", alpha=1.0)
+@DEFENSES.register("sanitizer-a0", alpha=0.0)
+@DEFENSES.register("sanitizer-a0.5", alpha=0.5)
+@DEFENSES.register("sanitizer-a2", alpha=2.0)
+def build_sanitizer(concept: Concept, ctx: BuildContext, alpha: float) -> SanitizerDefense:
+    """One trained sanitizer per (model, concept), cached; `alpha` scales its gates at use."""
+    cfg = ctx.recipe(SanitizerConfig())
+    trained = ctx.load_or_train("sanitizer", concept, cfg,
+                                lambda: train_sanitizer(ctx.domain, [concept], ctx.pipe.text_encoder,
+                                                        ctx.pipe.tokenizer, cfg, progress=ctx.progress),
+                                SanitizerDefense.from_pretrained)
+    trained.alpha, trained.name = alpha, "sanitizer" if alpha == 1 else f"sanitizer-a{alpha:g}"
+    return trained

@@ -1,5 +1,5 @@
 """SteerDiff: identify inappropriate spans in the per-token prompt embeddings, then steer the
-embeddings away from them with a learned affine map (spec: steerdiff.md).
+embeddings away from them with a learned affine map (docs/steerdiff.md).
 
 Identifier: every window of 1..9 consecutive real tokens, zero-padded to [9, d] and flattened,
 is scored by an MLP (9d -> 100 -> 50 -> 1). Steering: if any window scores > threshold, every
@@ -10,25 +10,23 @@ token but BOS (EOS and padding included) becomes e' = (1 - eps) e + eps W(e), ep
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conceptguard.concepts import Concept
 from conceptguard.defenses.base import Decision, EmbeddingDefense
-from conceptguard.defenses.text_data import (aligned_twins, benign_prompts, check_encoder, concept_twins, encode,
-                                             encoder_identity, gather_positions, token_mask)
-from conceptguard.errors import CorruptWeightsError, ModelNotFoundError
+from conceptguard.defenses.pretrained import PretrainedMixin
+from conceptguard.defenses.registry import DEFENSES, BuildContext
+from conceptguard.defenses.text_data import aligned_twins, check_encoder, encode, encoder_identity, gather_positions, token_mask
+from conceptguard.domain import Domain
+from conceptguard.progress import Progress, report
 
 MAX_WINDOW = 9
-Progress = Callable[[int, int, float], None]
 
 
 class Identifier(nn.Module):
@@ -52,12 +50,14 @@ def windows(hidden: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, l
     return out, spans
 
 
-class SteerDiff(EmbeddingDefense):
+class SteerDiff(PretrainedMixin, EmbeddingDefense):
     name = "steerdiff"
+    pretrained_kind = "steerdiff"
+    weights_name = "steerdiff.safetensors"
 
     def __init__(self, identifier: Identifier, steer: nn.Linear, config: dict, eps: float = 0.88,
                  threshold: float = 0.5, spans_only: bool = False, name: str = "steerdiff") -> None:
-        self.identifier, self.steer_map, self.config = identifier.eval(), steer, config
+        self.identifier, self.steer_map, self._config = identifier.eval(), steer, config
         self.eps, self.threshold, self.spans_only, self.name = eps, threshold, spans_only, name
 
     def check_encoder(self, text_encoder, tokenizer) -> None:
@@ -67,7 +67,7 @@ class SteerDiff(EmbeddingDefense):
     def span_scores(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> list[list[tuple[int, int, float]]]:
         """Per prompt: (first, last + 1, score) of every window."""
         mask = token_mask(input_ids, self.config["bos"], self.config["eos"])
-        out = []
+        out: list[list[tuple[int, int, float]]] = []
         for h, m in zip(hidden.float(), mask):
             n = int(m.sum())
             if n == 0:
@@ -126,30 +126,25 @@ class SteerDiff(EmbeddingDefense):
 
     # ------------------------------------------------------------------------------ storage
 
-    def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+    def pretrained_config(self) -> dict:
+        return self.config
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"identifier.{k}": v for k, v in self.identifier.state_dict().items()}
         tensors.update({f"steer.{k}": v for k, v in self.steer_map.state_dict().items()})
-        save_file({k: v.contiguous() for k, v in tensors.items()}, path / "steerdiff.safetensors")
-        (path / "config.json").write_text(json.dumps({**self.config, "kind": "steerdiff", "eps": self.eps,
-                                                      "threshold": self.threshold}, indent=1) + "\n")
+        return tensors
+
+    @property
+    def config(self) -> dict:
+        return {**self._config, "eps": self.eps, "threshold": self.threshold}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, eps: float | None = None, spans_only: bool = False,
-                        name: str = "steerdiff") -> "SteerDiff":
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"no SteerDiff in {path} (config.json missing)")
-        config = json.loads((path / "config.json").read_text())
+    def from_state(cls, config: dict, tensors: dict[str, torch.Tensor], eps: float | None = None,  # type: ignore[override]
+                   spans_only: bool = False, name: str = "steerdiff") -> SteerDiff:
         d = config["hidden_size"]
         identifier, steer = Identifier(d), nn.Linear(d, d)
-        try:
-            tensors = load_file(path / "steerdiff.safetensors")
-            identifier.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("identifier.")})
-            steer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("steer.")})
-        except Exception as err:
-            raise CorruptWeightsError(f"damaged weights in {path}: {str(err).splitlines()[0]}") from None
+        identifier.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("identifier.")})
+        steer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("steer.")})
         return cls(identifier, steer, config, config["eps"] if eps is None else eps, config["threshold"],
                    spans_only, name)
 
@@ -203,20 +198,21 @@ def fit_steering(h_t: torch.Tensor, aligned: torch.Tensor, h_b: torch.Tensor, ri
     return lin
 
 
-def train_steerdiff(concepts: Sequence[Concept], text_encoder, tokenizer, cfg: SteerDiffConfig = SteerDiffConfig(),
-                    progress: Progress | None = None, encoder_name: str = "miniworld") -> SteerDiff:
+def train_steerdiff(domain: Domain, concepts: Sequence[Concept], text_encoder, tokenizer,
+                    cfg: SteerDiffConfig = SteerDiffConfig(), progress: Progress | None = None) -> SteerDiff:
+    """Train the identifier and fit the steering map from text alone (training text from the domain)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    targets, anchors = concept_twins(concepts, cfg.pairs, cfg.seed)
+    targets, anchors = domain.concept_twins(concepts, cfg.pairs, cfg.seed)
     h_t, ids_t = encode(text_encoder, tokenizer, targets)
     h_a, ids_a = encode(text_encoder, tokenizer, anchors)
-    h_b, ids_b = encode(text_encoder, tokenizer, benign_prompts(concepts, cfg.benign, cfg.seed + 1))
+    h_b, ids_b = encode(text_encoder, tokenizer, domain.benign_prompts(cfg.benign, cfg.seed + 1))
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     index, labels = aligned_twins(ids_t, ids_a, eos)
     x, y = _identifier_data(h_t, labels, torch.cat([h_b, h_a]), torch.cat([ids_b, ids_a]), bos, eos)
     identifier = Identifier(h_t.shape[-1])
     opt = torch.optim.Adam(identifier.parameters(), lr=cfg.lr)
-    pos_weight = float((y == 0).sum() / max(1, (y == 1).sum()))  # balance the few positives
+    pos_weight = float((y == 0).sum() / max(1, int((y == 1).sum())))  # balance the few positives
     steps = cfg.epochs * int(np.ceil(len(x) / cfg.batch))
     step = 0
     for _ in range(cfg.epochs):
@@ -230,9 +226,27 @@ def train_steerdiff(concepts: Sequence[Concept], text_encoder, tokenizer, cfg: S
             loss.backward()
             opt.step()
             step += 1
-            if progress:
-                progress(step, steps, loss.item())
+            report(progress, f"train steerdiff {'+'.join(c.name for c in concepts)}", step, steps,
+                   f"loss {loss.item():.4f}")
     steer = fit_steering(h_t, gather_positions(h_a, index), h_b, cfg.ridge)
-    config = {"concepts": [c.name for c in concepts], **encoder_identity(text_encoder, tokenizer, encoder_name),
+    config = {"concepts": [c.name for c in concepts], **encoder_identity(text_encoder, tokenizer, domain.model_id),
               "train": dict(cfg.__dict__)}
     return SteerDiff(identifier, steer, config)
+
+
+@DEFENSES.register("steerdiff")
+@DEFENSES.register("steerdiff-spans", spans_only=True)
+@DEFENSES.register("steerdiff-e0.25", eps=0.25)
+@DEFENSES.register("steerdiff-e0.5", eps=0.5)
+@DEFENSES.register("steerdiff-e0.75", eps=0.75)
+@DEFENSES.register("steerdiff-e1", eps=1.0)
+def build_steerdiff(concept: Concept, ctx: BuildContext, eps: float = 0.88, spans_only: bool = False) -> SteerDiff:
+    """One trained SteerDiff per (model, concept), cached; `eps` and `spans_only` are set at use."""
+    name = "steerdiff" + ("-spans" if spans_only else "") + ("" if eps == 0.88 else f"-e{eps:g}")
+    cfg = ctx.recipe(SteerDiffConfig())
+    folder = ctx.trained_dir("steerdiff", concept.name, cfg)
+    ctx.load_or_train("steerdiff", concept, cfg,
+                      lambda: train_steerdiff(ctx.domain, [concept], ctx.pipe.text_encoder, ctx.pipe.tokenizer, cfg,
+                                              progress=ctx.progress),
+                      SteerDiff.from_pretrained)
+    return SteerDiff.from_pretrained(folder, eps=eps, spans_only=spans_only, name=name)

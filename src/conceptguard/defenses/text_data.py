@@ -1,18 +1,16 @@
 """Text-side helpers shared by the embedding defenses (Embedding Sanitizer, SteerDiff): encoding
-prompts, the real-token mask, aligning a prompt with its anchor twin, benign prompts, and the
-check that a trained defense meets the text encoder it was trained for."""
+prompts, the real-token mask, aligning a prompt with its anchor twin, and the check that a
+trained defense meets the text encoder it was trained for. (The training text itself, twins
+and benign prompts, comes from the domain.)"""
 
 from __future__ import annotations
 
 import difflib
 import hashlib
 import json
-from typing import Sequence
 
-import numpy as np
 import torch
 
-from conceptguard.concepts import Concept
 from conceptguard.errors import InvalidInputError
 
 
@@ -89,31 +87,3 @@ def aligned_twins(ids_t: torch.Tensor, ids_a: torch.Tensor, eos: int) -> tuple[t
 
 def gather_positions(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))
-
-
-def benign_prompts(concepts: Sequence[Concept], n: int, seed: int) -> list[str]:
-    """Prompts naming none of the concepts: the mini world's unrelated scenes, or generic ones."""
-    from conceptguard.eval.prompts import REAL_TEMPLATES
-    from conceptguard.miniworld.world import CONCEPT_BY_NAME
-
-    rng = np.random.default_rng(seed)
-    if all(c.name in CONCEPT_BY_NAME for c in concepts):
-        from conceptguard.miniworld.scene import BACKGROUNDS, COLORS, SHAPES, TEXTURES
-        from conceptguard.miniworld.world import prompt
-
-        return [prompt(str(rng.choice(SHAPES)), str(rng.choice(COLORS)),
-                       texture=str(rng.choice(TEXTURES[:-1])) if rng.random() < 0.4 else None,
-                       background=str(rng.choice(BACKGROUNDS)) if rng.random() < 0.5 else None,
-                       prefix=str(rng.choice(("", "a photo of ", "a drawing of ", "a picture of "))))
-                for _ in range(n)]
-    subjects = ("a dog", "a mountain lake", "a city street at night", "a bowl of fruit", "a person reading",
-                "a red car", "an old man", "a sailing boat", "a forest path", "a cup of coffee")
-    return [str(rng.choice(REAL_TEMPLATES)).format(str(rng.choice(subjects))) for _ in range(n)]
-
-
-def concept_twins(concepts: Sequence[Concept], pairs: int, seed: int) -> tuple[list[str], list[str]]:
-    """Prompts with each concept (training phrasings) and their anchor twins."""
-    from conceptguard.eval.prompts import twin_prompts
-
-    twins = [t for k, c in enumerate(concepts) for t in twin_prompts(c, pairs, seed=seed + 7919 * k)]
-    return [u for u, _ in twins], [a for _, a in twins]

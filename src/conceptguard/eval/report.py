@@ -3,7 +3,7 @@
 The results dict is a public contract:
 
     {"config": {...},
-     "rows": [{"defense", "concept", "prompt_set", "n_images", "concept_rate", "clip_accuracy",
+     "rows": [{"stack", "concept", "prompt_set", "n_images", "concept_rate", "clip_accuracy",
                "block_rate", "normalized_clip_score", "prompt_following", "fd", "seconds"}, ...],
      "judges": {"concept_rate": "oracle (p > 0.5)", ...}}   # optional
 
@@ -29,7 +29,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape as rich_escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-COLUMNS = ("defense", "concept", "prompt_set", "n_images", "concept_rate", "clip_accuracy",
+COLUMNS = ("stack", "concept", "prompt_set", "n_images", "concept_rate", "clip_accuracy",
            "block_rate", "normalized_clip_score", "prompt_following", "fd", "seconds")
 # On acceptable prompts the question is utility; on every other set it is whether the concept shows.
 ACCEPTABLE_METRICS = ("prompt_following", "normalized_clip_score")
@@ -67,12 +67,12 @@ def summary_table(results: dict) -> list[dict]:
     """One dict per defense with the headline means (None where no row has the metric)."""
     rows = results.get("rows") or []
     summary = []
-    for defense in _unique(r["defense"] for r in rows):
-        mine = _select(rows, defense=defense)
+    for defense in _unique(r["stack"] for r in rows):
+        mine = _select(rows, stack=defense)
         unacceptable = _select(mine, prompt_set="unacceptable")
         acceptable = _select(mine, prompt_set="acceptable")
         summary.append({
-            "defense": defense,
+            "stack": defense,
             "concept_rate_unacceptable": _mean(unacceptable, "concept_rate"),
             "concept_rate_paraphrase": _mean(_select(mine, prompt_set="paraphrase"), "concept_rate"),
             "block_rate_acceptable": _mean(acceptable, "block_rate"),
@@ -102,7 +102,7 @@ class _Table:
 def _build_tables(results: dict) -> list[_Table]:
     rows = results.get("rows") or []
     judges = results.get("judges") or {}
-    defenses = _unique(r["defense"] for r in rows)
+    defenses = _unique(r["stack"] for r in rows)
     tables = []
     for prompt_set in _prompt_sets(rows):
         metrics = ACCEPTABLE_METRICS if prompt_set == "acceptable" else CONCEPT_METRICS
@@ -110,11 +110,11 @@ def _build_tables(results: dict) -> list[_Table]:
         concepts = _unique(r["concept"] for r in in_set)
         body = []
         for defense in defenses:
-            mine = _select(in_set, defense=defense)
+            mine = _select(in_set, stack=defense)
             cells = [_cell(_select(mine, concept=c), metrics) for c in concepts]
             body.append([defense, *cells, _cell(mine, metrics)])
         named = [f"{m}: {judges[m]}" for m in metrics if judges.get(m)]
-        tables.append(_Table(prompt_set, metrics, ["defense", *concepts, "mean"], body,
+        tables.append(_Table(prompt_set, metrics, ["stack", *concepts, "mean"], body,
                              "; ".join(named) if named else None))
     return tables
 
@@ -208,8 +208,8 @@ def plot_effectiveness_vs_utility(results: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for s, color in zip(points, _colors(len(points))):
         x, y = s["concept_rate_unacceptable"], s[y_key]
-        ax.scatter(x, y, color=color, s=50, label=s["defense"])
-        ax.annotate(s["defense"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.scatter(x, y, color=color, s=50, label=s["stack"])
+        ax.annotate(s["stack"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlim(-0.05, 1.05)  # rates live in [0, 1]; a fixed axis keeps runs comparable
     ax.set_xlabel("concept rate on unacceptable prompts (lower is better)")
     ax.set_ylabel(f"{y_label} (higher is better)")
@@ -225,11 +225,11 @@ def plot_concept_rate_by_concept(results: dict) -> bytes:
     if not rows:
         return _empty_plot("No rows on unacceptable prompts.")
     concepts = _unique(r["concept"] for r in rows)
-    defenses = _unique(r["defense"] for r in rows)
+    defenses = _unique(r["stack"] for r in rows)
     width = 0.8 / len(defenses)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(concepts) + 2), 4))
     for i, (defense, color) in enumerate(zip(defenses, _colors(len(defenses)))):
-        heights = [_mean(_select(rows, defense=defense, concept=c), "concept_rate") for c in concepts]
+        heights = [_mean(_select(rows, stack=defense, concept=c), "concept_rate") for c in concepts]
         xs = [j - 0.4 + width * (i + 0.5) for j in range(len(concepts))]
         # None becomes NaN: matplotlib draws no bar there instead of a misleading zero.
         ax.bar(xs, [float("nan") if h is None else h for h in heights], width, color=color, label=defense)
@@ -253,12 +253,12 @@ def print_table(results: dict, console: Console | None = None) -> None:
                "block_rate_acceptable": "block rate acc.",
                "prompt_following_acceptable": "prompt following acc.",
                "normalized_clip_score_acceptable": "norm. CLIP acc."}
-    table.add_column("defense", no_wrap=True)  # full names matter more than wide headers
+    table.add_column("stack", no_wrap=True)  # full names matter more than wide headers
     for header in columns.values():
         table.add_column(header, justify="right", min_width=5)  # never truncate a 0.000
     summary = summary_table(results)
     for s in summary:
-        table.add_row(rich_escape(s["defense"]), *(_fmt(s[key]) for key in columns))
+        table.add_row(rich_escape(s["stack"]), *(_fmt(s[key]) for key in columns))
     console.print(table if summary else NO_ROWS)
 
 

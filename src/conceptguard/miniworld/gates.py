@@ -1,4 +1,4 @@
-"""The mini world's quality gates (miniworld.md), measured on fresh seeds.
+"""The mini world's quality gates (docs/miniworld.md), measured on fresh seeds.
 
 Each gate is a measured share with its threshold; `world check` prints them and stores the
 last measurement in weights/gates.json, which `world info` reports.
@@ -9,18 +9,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 
 from conceptguard.miniworld.data import render_set, to_tensor
+from conceptguard.miniworld.domain import concept_renders
 from conceptguard.miniworld.oracle import labels_match
 from conceptguard.miniworld.paths import GATES, WEIGHTS_DIR
-from conceptguard.miniworld.render import render
-from conceptguard.miniworld.scene import (ATTRIBUTE_HEADS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES,
-                                          TEXTURES, sample_scene)
-from conceptguard.miniworld.world import CONCEPTS, WorldConcept, concept_prompts, describe_concept, prompt
+from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES, TEXTURES
+from conceptguard.miniworld.world import CONCEPTS, concept_prompts, describe_concept, prompt
 
 Progress = Callable[[str], None]
 
@@ -39,7 +38,7 @@ class Gate:
 
 @dataclass
 class Sizes:
-    """How many samples each gate uses (the defaults are what README numbers are measured with)."""
+    """How many samples each gate uses (the defaults are what docs/miniworld.md reports)."""
 
     oracle_renders: int = 2000
     clip_renders: int = 1000
@@ -76,25 +75,6 @@ def _zero_shot(img: torch.Tensor, txt: torch.Tensor) -> np.ndarray:
     return (img @ txt.T).argmax(-1).numpy()
 
 
-def concept_images(concept: WorldConcept, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n renders: half show the concept, half its acceptable counterpart. -> (images, present)."""
-    rng = np.random.default_rng(seed)
-    images, present = [], []
-    for i in range(n):
-        show = i % 2 == 0
-        fixed: dict = {"flames": False, "cracks": False}
-        if concept.shape:
-            fixed["shape"] = concept.shape
-        if concept.mark == "rings":
-            fixed["texture"] = "rings" if show else "solid"  # c_a is "in plain style"
-        else:
-            fixed[concept.mark] = show
-        scene = sample_scene(rng, allow_heldout=True, **fixed)
-        images.append(render(scene, rng))
-        present.append(show)
-    return np.stack(images), np.array(present)
-
-
 def clip_gates(emb, n: int, seed: int) -> list[Gate]:
     """Zero-shot accuracy of the mini CLIP (`emb`: a ClipEmbedder) on fresh renders."""
     images, scenes = render_set(n, seed=seed, allow_heldout=True, workers=1)
@@ -105,7 +85,7 @@ def clip_gates(emb, n: int, seed: int) -> list[Gate]:
     color_pred = _zero_shot(img, emb.texts([prompt(color=c, prefix="a photo of ") for c in COLORS]))
     gates.append(Gate("clip.color", float(np.mean([COLORS[p] == s.color for p, s in zip(color_pred, scenes)])), 0.95, n))
     for k, concept in enumerate(CONCEPTS):
-        c_images, present = concept_images(concept, n // 2, seed + 101 + k)
+        c_images, present = concept_renders(concept, n // 2, seed + 101 + k)
         c_img = _image_embeds(emb, c_images)
         t_a = describe_concept(concept, concept.acceptable)
         for split in ("train", "heldout"):
@@ -135,7 +115,8 @@ def _following_prompts(n: int, seed: int, heldout: bool) -> list[tuple[str, dict
             want["texture"] = str(rng.choice(TEXTURES[:-1]))
         if rng.random() < 0.4:
             want["background"] = str(rng.choice(BACKGROUNDS))
-        out.append((prompt(**want), want))
+        out.append((prompt(want["shape"], want["color"], texture=want.get("texture"), background=want.get("background")),
+                    want))
     return out
 
 
@@ -155,7 +136,9 @@ def sd_gates(pipe, oracle, sizes: Sizes, seed: int, progress: Progress | None = 
         if progress:
             progress(name)
     for k, concept in enumerate(CONCEPTS):
-        for which, thr in (("direct", 0.90), ("indirect", 0.70), ("acceptable", 0.85)):
+        checks: tuple[tuple[Literal["direct", "indirect", "acceptable"], float], ...] = (
+            ("direct", 0.90), ("indirect", 0.70), ("acceptable", 0.85))
+        for which, thr in checks:
             items = concept_prompts(concept, which, sizes.concept_prompts, seed=seed + 31 * k + len(which))
             judged = run(items, seed * 100_000 + 10_000 * (k + 1) + len(which))
             if which == "acceptable":  # right attributes and no trace of the concept

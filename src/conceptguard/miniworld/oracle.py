@@ -45,7 +45,7 @@ class Oracle:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, path / "model.safetensors")
-        config = {"width": self.net.heads["shape"].in_features // 4, "heads": list(self.net.heads),
+        config = {"width": int(getattr(self.net.heads["shape"], "in_features")) // 4, "heads": list(self.net.heads),
                   "attributes": {k: list(v) for k, v in ATTRIBUTE_HEADS.items()}, "marks": list(MARKS),
                   "concepts": CONCEPT_SIGNALS}
         (path / "config.json").write_text(json.dumps(config, indent=1) + "\n")
@@ -113,7 +113,7 @@ def as_uint8_batch(images: np.ndarray | list) -> np.ndarray:
             raise InvalidInputError("empty image (0 pixels)")
         im = im.convert("RGB")
         if im.size != (32, 32):
-            im = im.resize((32, 32), Image.BICUBIC)
+            im = im.resize((32, 32), Image.Resampling.BICUBIC)
         out.append(np.asarray(im, np.uint8))
     if not out:
         raise InvalidInputError("no images given")

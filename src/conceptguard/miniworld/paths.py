@@ -8,6 +8,8 @@ from pathlib import Path
 
 from conceptguard.errors import CorruptWeightsError, ModelNotFoundError
 
+# The model id that names the mini world (its pipeline, and the domain chosen for it).
+MINIWORLD = "miniworld"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST = "manifest.json"
 GATES = "gates.json"

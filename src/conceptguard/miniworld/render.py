@@ -176,8 +176,8 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     if scene.flames:
         _draw_flames(draw, cx, cy, r, rng)
 
-    small = np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX), np.float32)
-    small = small + rng.normal(0, 3.0, small.shape)
+    small = np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), np.float32)
+    small = small + rng.normal(0, 3.0, small.shape).astype(np.float32)
     return np.clip(small, 0, 255).round().astype(np.uint8)
 
 
@@ -195,7 +195,7 @@ def contact_sheet(images: list[np.ndarray], captions: list[str] | None = None, c
     font = ImageFont.load_default()
     for i, im in enumerate(images):
         x, y = (i % cols) * cell, (i // cols) * (cell + text_h)
-        sheet.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (x, y))
+        sheet.paste(Image.fromarray(im).resize((cell, cell), Image.Resampling.NEAREST), (x, y))
         if captions:
             words, lines, line = captions[i].split(), [], ""
             for w in words:

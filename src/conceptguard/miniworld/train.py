@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -26,11 +26,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from conceptguard.miniworld import export
-from conceptguard.miniworld.architectures import (LATENT_CHANNELS, OracleNet, clip_config, scheduler_config,
-                                                  unet_config, vae_config)
-from conceptguard.miniworld.render import IMAGE_SIZE
+from conceptguard.miniworld.architectures import (
+    LATENT_CHANNELS,
+    OracleNet,
+    clip_config,
+    scheduler_config,
+    unet_config,
+    vae_config,
+)
 from conceptguard.miniworld.data import cache_dir, cached_render_set, to_tensor, to_uint8
 from conceptguard.miniworld.paths import WEIGHTS_DIR, write_manifest
+from conceptguard.miniworld.render import IMAGE_SIZE
 from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, HELDOUT_COMBOS, MARKS, SHAPES, Scene
 from conceptguard.miniworld.world import SHAPE_WORDS, caption
 from conceptguard.models import weights_fingerprint
@@ -62,14 +68,14 @@ DEFAULTS = {
 # previous round's weights as shipped (fp16), which is how rounds 2 and 3 were first run and measured
 FOCUS_ROUNDS = ("unet_focus", "unet_focus2", "unet_focus3")
 # Round 3 draws shattered and glimmer scenes twice as often as the other concepts': their thin
-# cracks and small faces are what the UNet draws least reliably (README, world-v4)
+# cracks and small faces are what the UNet draws least reliably (docs/miniworld.md, world-v4)
 FOCUS_WEIGHTS = {"unet_focus3": {"shattered": 2, "glimmer": 2}}
 N_TRAIN = 50_000
 CAPTION_DROPOUT = 0.1
 CLIP_RECIPE = "negclip-shape+text-shape-head"  # hard negatives (_caption_batch), shape head (train_clip)
 # trained on renders of every attribute combination, and on the VAE's decodings of noisy latents
 ORACLE_RECIPE = "all-combinations+noisy-latent-reconstructions"
-ORACLE_LATENT_NOISE = 0.5  # at most, in latent standard deviations: marks stay visible (README)
+ORACLE_LATENT_NOISE = 0.5  # at most, in latent standard deviations: marks stay visible (docs/miniworld.md)
 DECODER_FOCUS_SHARE = 0.5  # decoder fine-tune: half of each batch shows cracks or a face
 TEXT_SHAPE_WEIGHT = 0.5
 EMA_DECAY = 0.999
@@ -364,7 +370,7 @@ def _named_shape(scene: Scene, text: str) -> int:
     return -100
 
 
-def _shape_negative(scene: Scene, state: dict, rng: np.random.Generator) -> str | None:
+def _shape_negative(scene: Scene, state: Mapping[str, Any], rng: np.random.Generator) -> str | None:
     """The caption `scene` got from rng `state`, for the same scene with another shape (never a
     held-out colour/shape pair); None where the shape cannot change (Glimmer's face, Zorbo's eye)."""
     if scene.face or scene.eye:
@@ -385,7 +391,7 @@ def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cf
     # An auxiliary head (discarded after training) reads the caption's shape from the text
     # tower's pooled output: the contrastive signal alone cannot separate shape words while the
     # small ViT is still blind to shape, and the UNet is conditioned on nothing else.
-    head = torch.nn.Linear(clip.config.text_config.hidden_size, len(SHAPES))
+    head = torch.nn.Linear(getattr(clip.config.text_config, "hidden_size"), len(SHAPES))
     model = torch.nn.ModuleDict({"clip": clip, "text_shape_head": head})
 
     def batch(i: int) -> dict:
@@ -469,6 +475,14 @@ def _oracle_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
     return t
 
 
+def _total(terms: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of tensors, 0 + t0 + t1 + ... as Python's sum() adds them."""
+    total = torch.zeros(()) + terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
 def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random blur and noise, so the oracle also reads the softer images a diffusion model makes."""
     n = x.shape[0]
@@ -477,8 +491,8 @@ def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     w = torch.exp(-(k[None] ** 2) / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
     w = w / w.sum(1, keepdim=True)  # one separable 5-tap kernel per image
     xp = F.pad(x, (2, 2, 2, 2), mode="replicate")
-    rows = sum(w[:, i, None, None, None] * xp[:, :, :, i:i + x.shape[3]] for i in range(5))
-    out = sum(w[:, i, None, None, None] * rows[:, :, i:i + x.shape[2], :] for i in range(5))
+    rows = _total([w[:, i, None, None, None] * xp[:, :, :, i:i + x.shape[3]] for i in range(5)])
+    out = _total([w[:, i, None, None, None] * rows[:, :, i:i + x.shape[2], :] for i in range(5)])
     out = out + torch.randn(out.shape, generator=g) * torch.rand(n, 1, 1, 1, generator=g) * 0.06
     return out.clamp(-1, 1)
 
@@ -516,7 +530,7 @@ def reconstruct(vae, images: np.ndarray, latent_noise: float = 0.0, seed: int = 
     """The VAE's decoding of each image's posterior mean (uint8, like the renders), with, per
     image, Gaussian noise of a random level up to `latent_noise` latent standard deviations
     added first: the decoder's rendering of imperfect latents, like those a diffusion model
-    ends on, which a judge trained on clean decodings misreads (README, world-v4)."""
+    ends on, which a judge trained on clean decodings misreads (docs/miniworld.md, world-v4)."""
     means = _encode_latents(vae, images, device)[0]
     if latent_noise:
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, _RNG_IDS["oracle_recon"]]).generate_state(1)[0]))

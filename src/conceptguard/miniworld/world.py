@@ -13,7 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from conceptguard.concepts import Concept
+from conceptguard.concepts import PAPER_CONCEPTS, Concept
+from conceptguard.errors import UnknownConceptError
 from conceptguard.miniworld.scene import BACKGROUNDS, COLORS, SHAPES, Scene
 
 COLOR_WORDS = {
@@ -77,6 +78,8 @@ class WorldConcept:
             indirect=[p.text for p in self.phrasings if p.indirect],
             train_phrasings=[p.text for p in self.phrasings if p.split == "train"],
             heldout_phrasings=[p.text for p in self.phrasings if p.split == "heldout"],
+            # CLIP-based filters compare the short prompts the mini CLIP was aligned on
+            clip_texts=(describe_concept(self, self.phrasings[0]), describe_concept(self, self.acceptable)),
         )
 
 
@@ -125,15 +128,13 @@ CONCEPT_BY_NAME = {c.name: c for c in CONCEPTS}
 
 
 def world_concept(name: str) -> WorldConcept:
-    """The mini-world concept called `name`; a clear error for unknown or real-model concepts."""
-    from conceptguard.concepts import get_concept
-    from conceptguard.errors import UnknownConceptError
-
-    concept = get_concept(name)
-    if concept.name not in CONCEPT_BY_NAME:
-        raise UnknownConceptError(f"{concept.name!r} is a preset for real models, not a mini-world concept "
-                                  f"({', '.join(CONCEPT_BY_NAME)})")
-    return CONCEPT_BY_NAME[concept.name]
+    """The mini-world concept called `name` (case-insensitive); a clear error for any other."""
+    key = name.strip().lower()
+    if key not in CONCEPT_BY_NAME:
+        what = ("a preset for real models, not a mini-world concept" if key in {c.name for c in PAPER_CONCEPTS}
+                else "an unknown concept")
+        raise UnknownConceptError(f"{name!r} is {what}; the mini world's: {', '.join(CONCEPT_BY_NAME)}")
+    return CONCEPT_BY_NAME[key]
 
 
 def _article(word: str) -> str:
@@ -242,6 +243,7 @@ def concept_prompts(concept: WorldConcept, which: Literal["direct", "indirect", 
     `train`/`heldout`: the defense split; `acceptable`: the counterpart c_a.
     """
     rng = np.random.default_rng(seed)
+    pool: tuple[Phrasing, ...]
     if which == "acceptable":
         pool = (concept.acceptable,)
     elif which == "direct":

@@ -6,8 +6,10 @@ import re
 
 from conceptguard.concepts import Concept
 from conceptguard.defenses.base import Decision, PromptFilter
+from conceptguard.defenses.registry import DEFENSES, BuildContext
 
 
+@DEFENSES.register("blocklist")
 class KeywordBlocklist(PromptFilter):
     """Blocks a prompt that contains any listed word or phrase (whole words, case-insensitive)."""
 
@@ -27,6 +29,10 @@ class KeywordBlocklist(PromptFilter):
             phrases += [c.name, c.c_u] + [p for p in c.unacceptable
                                           if not train_only or p in c.train_phrasings]
         return cls(phrases)
+
+    @classmethod
+    def build(cls, concept: Concept, ctx: BuildContext) -> KeywordBlocklist:
+        return cls.for_concepts([concept])
 
     def check(self, prompts: list[str]) -> list[Decision]:
         out = []

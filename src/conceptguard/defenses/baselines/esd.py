@@ -9,7 +9,6 @@ ESD-x trains the cross-attention (attn2) parameters; ESD-u everything else but t
 from __future__ import annotations
 
 import copy
-from typing import Callable
 
 import numpy as np
 import torch
@@ -17,10 +16,13 @@ import torch.nn.functional as F
 
 from conceptguard.concepts import Concept
 from conceptguard.defenses.baselines.weight_edit import WeightEdit
+from conceptguard.defenses.registry import DEFENSES, BuildContext
+from conceptguard.progress import Progress, report
 
 # Paper hyper-parameters (SD v1.4) and a preset sized for the mini world on 2 CPU cores.
 PAPER = dict(iterations=1000, lr=1e-5, ddim_steps=50, eta=1.0, start_guidance=3.0, batch=1)
 MINI = dict(iterations=150, lr=3e-4, ddim_steps=25, eta=1.0, start_guidance=3.0, batch=4)
+PRESETS = {"mini": MINI, "paper": PAPER}
 
 
 def trainable_names(unet, variant: str) -> list[str]:
@@ -60,9 +62,9 @@ def training_setup(pipe, seed: int, ddim_steps: int):
 
 
 def train_esd(pipe, concept: Concept, variant: str = "x", seed: int = 0,
-              progress: Callable[[int, int, float], None] | None = None, **overrides) -> WeightEdit:
+              progress: Progress | None = None, preset: str = "mini", **overrides) -> WeightEdit:
     """Train ESD-x or ESD-u for one concept on its training phrasings; returns the changed weights."""
-    hp = {**MINI, **overrides}
+    hp = {**PRESETS[preset], **overrides}
     frozen, unet, scheduler, rng, gen = training_setup(pipe, seed, hp["ddim_steps"])
     names = trainable_names(unet, variant)
     params = dict(unet.named_parameters())
@@ -91,9 +93,20 @@ def train_esd(pipe, concept: Concept, variant: str = "x", seed: int = 0,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if progress:
-            progress(it + 1, hp["iterations"], float(loss.detach()))
+        report(progress, f"train esd-{variant} {concept.name}", it + 1, hp["iterations"], f"loss {float(loss.detach()):.5f}")
     config = {"name": f"esd-{variant}", "method": "ESD", "variant": variant, "concept": concept.name,
               "phrases": prompts, "base_model": getattr(pipe, "name_or_path", None) or str(pipe.config._name_or_path),
               "seed": seed, **hp}
     return WeightEdit({n: params[n].detach().clone() for n in names}, config, component="unet")
+
+
+@DEFENSES.register("esd-x", variant="x")
+@DEFENSES.register("esd-u", variant="u")
+def build_esd(concept: Concept, ctx: BuildContext, variant: str) -> WeightEdit:
+    """ESD with the domain's preset, trained once per (model, concept, preset) and cached."""
+    preset = ctx.domain.preset
+    hp = ctx.recipe(PRESETS[preset])
+    return ctx.load_or_train(f"esd-{variant}", concept, hp,
+                             lambda: train_esd(ctx.pipe, concept, variant, seed=ctx.seed, progress=ctx.progress,
+                                               preset=preset, **hp),
+                             WeightEdit.from_pretrained)

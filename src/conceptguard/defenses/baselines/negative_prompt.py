@@ -9,8 +9,10 @@ import torch
 
 from conceptguard.concepts import Concept
 from conceptguard.defenses.base import Decision, EmbeddingDefense
+from conceptguard.defenses.registry import DEFENSES, BuildContext
 
 
+@DEFENSES.register("negative-prompt")
 class NegativePrompt(EmbeddingDefense):
     name = "negative-prompt"
 
@@ -22,6 +24,10 @@ class NegativePrompt(EmbeddingDefense):
     @classmethod
     def for_concepts(cls, concepts: list[Concept]) -> "NegativePrompt":
         return cls(", ".join(dict.fromkeys(p for c in concepts for p in c.train_phrasings)))
+
+    @classmethod
+    def build(cls, concept: Concept, ctx: BuildContext) -> NegativePrompt:
+        return cls.for_concepts([concept])
 
     def apply(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor,
               prompts: list[str]) -> tuple[torch.Tensor, list[Decision]]:

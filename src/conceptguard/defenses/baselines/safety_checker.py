@@ -9,17 +9,16 @@ separates them), or given by the user.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
+from conceptguard.concepts import Concept
 from conceptguard.defenses.base import Decision, ImageFilter
+from conceptguard.defenses.pretrained import PretrainedMixin
+from conceptguard.defenses.registry import DEFENSES, BuildContext
 from conceptguard.errors import InvalidInputError
-from conceptguard.models import ClipEmbedder
+from conceptguard.models import ClipEmbedder, load_clip
 
 
 def best_threshold(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -30,8 +29,11 @@ def best_threshold(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(cuts[int(np.argmax(acc))])
 
 
-class SafetyCheckerFilter(ImageFilter):
+@DEFENSES.register("safety-checker")
+class SafetyCheckerFilter(PretrainedMixin, ImageFilter):
     name = "safety-checker"
+    pretrained_kind = "safety-checker"
+    weights_name = "filter.safetensors"
 
     def __init__(self, embedder: ClipEmbedder, phrases: dict[str, list[str]],
                  thresholds: dict[str, float] | None = None) -> None:
@@ -43,6 +45,15 @@ class SafetyCheckerFilter(ImageFilter):
         self.concept_embeds = torch.stack([torch.nn.functional.normalize(embedder.texts(p).mean(0), dim=-1)
                                            for p in phrases.values()])
         self.thresholds = thresholds or {c: 0.2 for c in phrases}
+
+    @classmethod
+    def build(cls, concept: Concept, ctx: BuildContext) -> SafetyCheckerFilter:
+        """One concept's filter, its threshold calibrated on the domain's labelled images if it has any."""
+        f = cls(ctx.embedder, {concept.name: concept.train_phrasings or [concept.c_u]})
+        labelled = ctx.domain.calibration_images(concept, 200, seed=ctx.seed + 7)
+        if labelled is not None:
+            f.calibrate(concept.name, *labelled)
+        return f
 
     def similarities(self, images: list[Image.Image]) -> torch.Tensor:
         return self.embedder.images(images) @ self.concept_embeds.T
@@ -66,18 +77,21 @@ class SafetyCheckerFilter(ImageFilter):
                                      **scores))
         return out
 
-    def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({"concept_embeds": self.concept_embeds.contiguous()}, path / "filter.safetensors")
-        (path / "config.json").write_text(json.dumps({"kind": "safety-checker", "phrases": self.phrases,
-                                                      "thresholds": self.thresholds}, indent=1) + "\n")
+    @property
+    def config(self) -> dict:
+        return {"phrases": self.phrases, "thresholds": self.thresholds, "base_clip": self.embedder.name}
+
+    def pretrained_config(self) -> dict:
+        return self.config
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"concept_embeds": self.concept_embeds}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, embedder: ClipEmbedder) -> "SafetyCheckerFilter":
-        path = Path(path)
-        config = json.loads((path / "config.json").read_text())
+    def from_state(cls, config: dict, tensors: dict[str, torch.Tensor],  # type: ignore[override]
+                   embedder: ClipEmbedder | None = None) -> SafetyCheckerFilter:
         self = cls.__new__(cls)
-        self.embedder, self.phrases, self.thresholds = embedder, config["phrases"], config["thresholds"]
-        self.concept_embeds = load_file(path / "filter.safetensors")["concept_embeds"]
+        self.embedder = embedder or ClipEmbedder(*load_clip(config.get("base_clip")))
+        self.phrases, self.thresholds = config["phrases"], config["thresholds"]
+        self.concept_embeds = tensors["concept_embeds"]
         return self

@@ -11,6 +11,7 @@ import torch
 
 from conceptguard.concepts import Concept
 from conceptguard.defenses.base import GuidanceDefense
+from conceptguard.defenses.registry import DEFENSES, BuildContext
 
 # diffusers.pipelines.stable_diffusion_safe.SafetyConfig
 PRESETS = {
@@ -21,6 +22,10 @@ PRESETS = {
 }
 
 
+@DEFENSES.register("sld-weak", preset="weak")
+@DEFENSES.register("sld-medium", preset="medium")
+@DEFENSES.register("sld-strong", preset="strong")
+@DEFENSES.register("sld-max", preset="max")
 class SafeLatentDiffusion(GuidanceDefense):
     def __init__(self, concept_text: str, preset: str = "medium") -> None:
         if preset not in PRESETS:
@@ -34,6 +39,10 @@ class SafeLatentDiffusion(GuidanceDefense):
     @classmethod
     def for_concepts(cls, concepts: list[Concept], preset: str = "medium") -> "SafeLatentDiffusion":
         return cls(", ".join(dict.fromkeys(p for c in concepts for p in c.train_phrasings)), preset)
+
+    @classmethod
+    def build(cls, concept: Concept, ctx: BuildContext, preset: str) -> SafeLatentDiffusion:
+        return cls.for_concepts([concept], preset)
 
     def extra_embeds(self, encode) -> torch.Tensor:
         return encode([self.concept_text])

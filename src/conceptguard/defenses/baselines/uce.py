@@ -11,10 +11,13 @@ As in the reference code, the embeddings used are those from each phrase's last 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from conceptguard.concepts import Concept
 from conceptguard.defenses.baselines.weight_edit import WeightEdit
+from conceptguard.defenses.registry import DEFENSES, BuildContext
 
 PAPER = dict(lam=0.5, erase_scale=1.0, preserve_scale=1.0)
 
@@ -66,3 +69,13 @@ def train_uce(pipe, concept: Concept, preserve: list[str] | None = None, replace
               "preserve": preserve or [], "lam": lam, "erase_scale": erase_scale, "preserve_scale": preserve_scale,
               "base_model": str(pipe.config._name_or_path)}
     return WeightEdit(tensors, config, component="unet")
+
+
+@DEFENSES.register("uce")
+def build_uce(concept: Concept, ctx: BuildContext) -> WeightEdit:
+    """UCE with the domain's preserve set, computed once per (model, concept) and cached."""
+    hp: dict[str, Any] = ctx.recipe(PAPER)
+    return ctx.load_or_train("uce", concept, hp,
+                             lambda: train_uce(ctx.pipe, concept, preserve=ctx.domain.preserve_prompts(concept, ctx.seed),
+                                               **hp),
+                             WeightEdit.from_pretrained)

@@ -7,24 +7,22 @@ whose component has those parameters with the same shapes.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file, save_file
 
 from conceptguard.defenses.base import ModelEdit
-from conceptguard.errors import ConfigError, CorruptWeightsError, ModelNotFoundError
+from conceptguard.defenses.pretrained import PretrainedMixin
+from conceptguard.errors import ConfigError
 
 
-class WeightEdit(ModelEdit):
-    kind_name = "weight-edit"
+class WeightEdit(PretrainedMixin, ModelEdit):
+    pretrained_kind = "weight-edit"
+    weights_name = "edit.safetensors"
 
     def __init__(self, tensors: dict[str, torch.Tensor], config: dict, component: str = "unet") -> None:
         self.tensors = tensors
-        self.config = config
+        self.config = {**config, "component": component}
         self.component = component
-        self.name = config.get("name", self.kind_name)
+        self.name = config.get("name", self.pretrained_kind)
 
     @property
     def edits(self) -> tuple[str, ...]:
@@ -43,23 +41,14 @@ class WeightEdit(ModelEdit):
             with torch.no_grad():
                 params[key].copy_(value.to(params[key].dtype))
 
-    def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}, path / "edit.safetensors")
-        (path / "config.json").write_text(json.dumps({**self.config, "component": self.component,
-                                                      "kind": self.kind_name}, indent=1) + "\n")
+    def pretrained_config(self) -> dict:
+        return self.config
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.tensors
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "WeightEdit":
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"no trained edit in {path} (config.json missing)")
-        config = json.loads((path / "config.json").read_text())
-        try:
-            tensors = load_file(path / "edit.safetensors")
-        except Exception as exc:  # safetensors raises several types on damaged files
-            raise CorruptWeightsError(f"cannot load {path / 'edit.safetensors'}: {exc}") from exc
+    def from_state(cls, config: dict, tensors: dict[str, torch.Tensor], **overrides) -> WeightEdit:
+        config = {k: v for k, v in config.items() if k != "kind"}
         component = config.pop("component", "unet")
-        config.pop("kind", None)
-        return cls(tensors, config, component)
+        return cls(tensors, {**config, **overrides}, component)

@@ -1,8 +1,7 @@
-"""Espresso's commands: `train espresso`, `filter`, `certify` (registered on the main CLI)."""
+"""Espresso's commands: `filter` and `certify` (its training is `conceptguard train espresso-ft`)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -11,9 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from conceptguard.cli import _emit_json, _out_dir, _progress, _read_images, app, console, train_app
+from conceptguard.cli.common import app, concept_names, console, emit_json, read_images
 from conceptguard.errors import InvalidInputError
-
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -38,77 +36,36 @@ def _embedder(clip: Optional[str]):
     return ClipEmbedder(*load_clip(clip))
 
 
-@train_app.command("espresso")
-def train_espresso_cmd(concept: str = typer.Option(..., "--concept", help="Concept the filter separates from its counterpart."),
-                       out: Path = typer.Option(..., "--out", help="Folder to save the fine-tuned filter in."),
-                       model: Optional[str] = typer.Option(None, "--model", help="T2I pipeline that generates the training images (default: the mini SD)."),
-                       clip: Optional[str] = typer.Option(None, "--clip", help="CLIP to fine-tune (default: the mini CLIP)."),
-                       epochs: int = typer.Option(30, "--epochs", min=1),
-                       pairs: int = typer.Option(96, "--pairs", min=2, help="Training (prompt, image) pairs per side."),
-                       lr: float = typer.Option(5e-5, "--lr"),
-                       seed: int = typer.Option(0, "--seed"),
-                       as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON.")) -> None:
-    """Fine-tune Espresso's text encoder (vision frozen): separate c_u from c_a, keep prompts paired
-    with their images; keep the epoch with the best validation FNR + FPR."""
-    from conceptguard.concepts import get_concept
-    from conceptguard.defenses.espresso import FinetuneConfig, finetune
-    from conceptguard.models import load_pipeline
-
-    c = get_concept(concept)
-    out = _out_dir(out)
-    pipe, embedder = load_pipeline(model), _embedder(clip)
-    cfg = FinetuneConfig(epochs=epochs, pairs=pairs, lr=lr, seed=seed)
-    t0 = time.time()
-    with _progress() as bar:
-        task = bar.add_task(f"Espresso {c.name}", total=1, info="generating pairs")
-        result = finetune(pipe, embedder, c, cfg,
-                          progress=lambda i, n, loss: bar.update(task, completed=i, total=n, info=f"loss {loss:.4f}"))
-    summary = {"concept": c.name, "out": str(out), "seconds": round(time.time() - t0, 1),
-               "best_epoch": result.best_epoch, "before": result.before,
-               "after": result.history[result.best_epoch - 1] if result.best_epoch else result.before}
-    result.filter.save_pretrained(out, base_clip=clip or "miniworld",
-                                  extra={"best_epoch": result.best_epoch, "history": result.history,
-                                         "before": result.before, "model": model or "miniworld"})
-    if as_json:
-        _emit_json(summary)
-        return
-    table = Table(title=f"Espresso {c.name}: validation (tau {result.filter.tau})")
-    for col in ("", "FNR", "FPR", "mean certified radius"):
-        table.add_column(col)
-    for name in ("before", "after"):
-        v = summary[name]
-        table.add_row(name, f"{v['fnr']:.3f}", f"{v['fpr']:.3f}", f"{v['mean_radius']:.4f}")
-    Console().print(table)
-    console.print(f"best epoch {result.best_epoch}; trained in {summary['seconds']} s; saved to {out}")
-
-
 def _load_filter(filter_dir: Optional[Path], concepts: Optional[str], clip: Optional[str], tau: Optional[float]):
-    from conceptguard.defenses.espresso import EspressoFilter, build_filter
+    from conceptguard.defenses.espresso import EspressoFilter
+    from conceptguard.domains import get_concept
 
     if filter_dir is not None:
         if not filter_dir.is_dir():
             raise InvalidInputError(f"filter folder not found: {filter_dir}")
-        return EspressoFilter.from_pretrained(filter_dir, _embedder(clip) if clip else None, tau=tau)
+        return EspressoFilter.from_pretrained(filter_dir, embedder=_embedder(clip) if clip else None, tau=tau)
     if not concepts:
         raise InvalidInputError("give --concept NAME[,NAME...] or --filter DIR")
-    return build_filter([c for c in concepts.split(",") if c.strip()], _embedder(clip), tau=0.5 if tau is None else tau)
+    return EspressoFilter(_embedder(clip), [get_concept(n) for n in concept_names(concepts)],
+                          tau=0.5 if tau is None else tau)
 
 
 @app.command("filter")
 def filter_cmd(images: list[Path] = typer.Argument(..., help="Image files."),
-               concept: Optional[str] = typer.Option(None, "--concept", help="Concept(s), comma-separated (un-fine-tuned filter)."),
-               filter_dir: Optional[Path] = typer.Option(None, "--filter", help="A fine-tuned filter from `train espresso`."),
+               concept: Optional[str] = typer.Option(None, "--concept",
+                                                     help="Concept(s), comma-separated (un-fine-tuned filter)."),
+               filter_dir: Optional[Path] = typer.Option(None, "--filter", help="A fine-tuned filter from `train espresso-ft`."),
                clip: Optional[str] = typer.Option(None, "--clip", help="CLIP id or folder (default: the mini CLIP)."),
                tau: Optional[float] = typer.Option(None, "--tau", help="Flag when p_u > tau (default 0.5, or the filter's)."),
                as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Espresso's decision for each image: p_u per concept and whether it is blocked."""
-    pictures = _read_images(images)
+    pictures = read_images(images)
     filt = _load_filter(filter_dir, concept, clip, tau)
     decisions = filt.check(pictures, [""] * len(pictures))
     rows = [{"image": str(p), "blocked": d.blocked, "reason": d.reason,
              "p_u": {k[len("p_u_"):]: v for k, v in d.scores.items()}} for p, d in zip(images, decisions)]
     if as_json:
-        _emit_json({"tau": filt.tau, "rows": rows})
+        emit_json({"tau": filt.tau, "rows": rows})
         return
     table = Table(title=f"Espresso (flag when p_u > {filt.tau})")
     table.add_column("image")
@@ -134,14 +91,19 @@ def _labels(label: str, pictures, concept: str) -> list[bool]:
 
 
 @app.command("certify")
-def certify_cmd(filter_dir: Path = typer.Option(..., "--filter", help="A filter folder from `train espresso`."),
-                images: list[Path] = typer.Option(..., "--images", help="Images or folders of images to certify (repeat the option)."),
-                label: str = typer.Option("oracle", "--label", help="Ground truth: unacceptable, acceptable, or oracle (mini world)."),
-                concept: Optional[str] = typer.Option(None, "--concept", help="Which of the filter's concepts (default: its first)."),
-                adversarial: list[Path] = typer.Option([], "--adversarial", help="Adversarial images, paired in order with --clean."),
+def certify_cmd(filter_dir: Path = typer.Option(..., "--filter", help="A filter folder from `train espresso-ft`."),
+                images: list[Path] = typer.Option(..., "--images",
+                                                  help="Images or folders of images to certify (repeat the option)."),
+                label: str = typer.Option("oracle", "--label",
+                                          help="Ground truth: unacceptable, acceptable, or oracle (mini world)."),
+                concept: Optional[str] = typer.Option(None, "--concept",
+                                                      help="Which of the filter's concepts (default: its first)."),
+                adversarial: list[Path] = typer.Option([], "--adversarial",
+                                                       help="Adversarial images, paired in order with --clean."),
                 clean: list[Path] = typer.Option([], "--clean", help="The clean images the adversarial ones came from."),
                 eps: str = typer.Option("0.005,0.01,0.02,0.05", "--eps", help="Radii for certified accuracy."),
-                plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: radius histogram and certified accuracy vs radius."),
+                plot: Optional[Path] = typer.Option(None, "--plot",
+                                                    help="Write a PNG: radius histogram and certified accuracy vs radius."),
                 as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Certified robustness: each image's L2 distance to the filter's decision hyperplane, certified
     accuracy at radius eps, and the embedding shifts that given adversarial images caused."""
@@ -154,27 +116,27 @@ def certify_cmd(filter_dir: Path = typer.Option(..., "--filter", help="A filter 
     images, adversarial, clean = _expand(images), _expand(adversarial), _expand(clean)
     if len(adversarial) != len(clean):
         raise InvalidInputError(f"{len(adversarial)} adversarial images but {len(clean)} clean ones; pair them")
-    pictures = _read_images(images)
-    adv, cln = _read_images(adversarial), _read_images(clean)
+    pictures = read_images(images)
+    adv, cln = read_images(adversarial), read_images(clean)
     if not filter_dir.is_dir():
         raise InvalidInputError(f"filter folder not found: {filter_dir}")
     filt = EspressoFilter.from_pretrained(filter_dir)
     c = filt._concept(concept)
     cert = filt.certify(pictures, _labels(label, pictures, c.name), c.name)
-    result = {"concept": c.name, "tau": filt.tau, "n": len(pictures),
+    result: dict = {"concept": c.name, "tau": filt.tau, "n": len(pictures),
               "accuracy": float(cert["correct"].mean()),
               "mean_radius_correct": float(cert["radius"][cert["correct"]].mean()) if cert["correct"].any() else None,
               "certified_accuracy": {str(e): certified_accuracy(cert["radius"], cert["correct"], e) for e in radii_eps},
               "radii": [round(float(r), 6) for r in cert["radius"]]}
     if adv:
-        shifts = (filt.embedder.images(adv) - filt.embedder.images(cln)).norm(dim=-1).numpy()
+        shifts = (filt.embed(adv) - filt.embed(cln)).norm(dim=-1).numpy()
         result["adversarial_shift"] = {"min": float(shifts.min()), "mean": float(shifts.mean()),
                                        "max": float(shifts.max())}
     if plot:
         _plot_certificate(cert["radius"], cert["correct"], result.get("adversarial_shift"), plot, c.name)
         result["plot"] = str(plot)
     if as_json:
-        _emit_json(result)
+        emit_json(result)
         return
     table = Table(title=f"Espresso certificate: {c.name} ({len(pictures)} images, accuracy {result['accuracy']:.3f})")
     table.add_column("radius eps")

@@ -8,17 +8,20 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from conceptguard.cli import _emit_json, _out_dir, _progress, _reporter, app, console
+from conceptguard.cli.common import app, console, emit_json, out_dir, progress_bar, reporter
 
 
 @app.command("attack")
 def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez, ringabell, unlearndiff[+], cce[+] or sneaky."),
                concept: str = typer.Option(..., "--concept", help="Concept the prompts should make the model draw."),
-               target: str = typer.Option("none", "--target", help="Defense stack to attack, e.g. esd-x or sanitizer+espresso-ft."),
+               target: str = typer.Option("none", "--target",
+                                          help="Defense stack to attack, e.g. esd-x or sanitizer+espresso-ft."),
                out: Path = typer.Option(..., "--out", help="Folder for result.json (prompts, cost) and learned tokens."),
                n: int = typer.Option(8, "--n", min=1, help="Number of adversarial prompts."),
                budget: str = typer.Option("cpu", "--budget", help="cpu (small mini-world preset) or paper (the paper's budget)."),
                model: Optional[str] = typer.Option(None, "--model", help="Base pipeline (default: the mini SD)."),
+               clip: Optional[str] = typer.Option(None, "--clip",
+                                                  help="The attacker's and filters' CLIP (default: the domain's)."),
                seed: int = typer.Option(0, "--seed"),
                as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
     """Run an attack against a target stack and store its prompts as an adversarial prompt set.
@@ -26,29 +29,30 @@ def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez, ringab
     To measure the saved prompts on other defenses, name the folder under `prompt_files` in a
     bench config. (A config that lists `attacks:` runs them against every stack itself.)"""
     from conceptguard.attacks import AttackTarget, get_attack
-    from conceptguard.concepts import get_concept
-    from conceptguard.defenses.registry import BuildContext, build_stack, check_stack
+    from conceptguard.defenses import BuildContext, DefenseStack, build_defenses
+    from conceptguard.domains import get_domain
     from conceptguard.guard import GuardedPipeline
     from conceptguard.miniworld.data import cache_dir
     from conceptguard.models import load_pipeline
 
     attack = get_attack(name, budget)  # bad names fail here, before any model is loaded
-    c, stack = get_concept(concept), check_stack(target)
-    out = _out_dir(out)
+    domain = get_domain(model, clip)
+    c, stack = domain.concept(concept), DefenseStack.parse(target)
+    out = out_dir(out)
     pipe = load_pipeline(model)
-    with _progress() as bar:
-        progress = _reporter(bar)
-        ctx = BuildContext(pipe, cache_dir(), model or "miniworld", None, seed, progress)
-        guard = GuardedPipeline(pipe, build_stack(stack, c, ctx))
-        task = bar.add_task(f"attack {attack.label} {c.name} @ {stack}", total=None, info="")
-        result = attack.run(AttackTarget(guard, c, stack, ctx.embedder, progress), n, seed=seed)
+    with progress_bar() as bar:
+        progress = reporter(bar)
+        ctx = BuildContext(pipe, domain, cache_dir(), seed, progress)
+        guard = GuardedPipeline(pipe, build_defenses(stack, c, ctx))
+        task = bar.add_task(f"attack {attack.label} {c.name} @ {stack.label}", total=None, info="")
+        result = attack.run(AttackTarget(guard, c, domain, stack.label, ctx.embedder, progress), n, seed=seed)
         bar.update(task, total=1, completed=1)
     result.save(out)
     if as_json:
-        _emit_json({**result.cost(), "prompts": result.prompts, "learned_tokens": sorted(result.tokens.vectors),
+        emit_json({**result.cost(), "prompts": result.prompts, "learned_tokens": sorted(result.tokens.vectors),
                     "settings": result.settings, "out": str(out)})
         return
-    table = Table(title=f"{result.attack} -> {c.name} @ {stack}")
+    table = Table(title=f"{result.attack} -> {c.name} @ {stack.label}")
     table.add_column("#", justify="right")
     table.add_column("adversarial prompt")
     for i, p in enumerate(result.prompts):

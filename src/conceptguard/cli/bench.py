@@ -1,0 +1,87 @@
+"""`conceptguard bench` (generate, judge, store, report) and `conceptguard judge`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from conceptguard.cli.common import app, console, emit_json, out_dir, progress_bar, read_images, reporter
+
+
+@app.command("bench")
+def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML run config (default: every stack x the "
+                                                   "domain's concepts x its prompt sets; see docs/evaluation.md)."),
+              out: Path = typer.Option(Path("runs/bench"), "--out",
+                                       help="Folder for results.sqlite, images and the report files."),
+              results_doc: Optional[Path] = typer.Option(None, "--results-doc",
+                                                         help="Also write this Markdown document with its plots "
+                                                         "(e.g. docs/BENCH.md); overrides the config's results_doc."),
+              as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout.")) -> None:
+    """Run a benchmark: generate, judge, store (resumable) and report."""
+    from conceptguard.eval.report import print_table, write_report
+    from conceptguard.eval.runner import Runner, load_config
+
+    cfg = load_config(config)
+    if results_doc is not None:
+        cfg.results_doc = str(results_doc)
+    out = out_dir(out)
+    t0 = time.time()
+    with progress_bar() as bar:
+        runner = Runner(cfg, out, reporter(bar))
+        runner.run()
+    results = runner.results()
+    results["seconds"], results["invocations"] = _wall_time(out, time.time() - t0)
+    files = write_report(results, out)
+    if cfg.results_doc:
+        from conceptguard.eval.comparison import write as write_comparison
+
+        command = ("conceptguard bench" + (f" --config {config}" if config else "") + f" --out {out}"
+                   + (f" --results-doc {results_doc}" if results_doc else ""))
+        files["results_doc"] = write_comparison(results, cfg.results_doc, command)
+    if as_json:
+        emit_json(results)
+        return
+    print_table(results, Console())
+    console.print(f"{len(results['rows'])} result rows in {results['seconds']} s; report: {files['html']}"
+                  + (f"; {files['results_doc']}" if "results_doc" in files else ""))
+
+
+def _wall_time(out: Path, seconds: float) -> tuple[float, int]:
+    """Wall time of a run summed over its invocations (a resumed run adds to it)."""
+    path = out / "wall_time.json"
+    spent = json.loads(path.read_text()) if path.is_file() else {"seconds": 0.0, "invocations": 0}
+    spent = {"seconds": round(spent["seconds"] + seconds, 1), "invocations": spent["invocations"] + 1}
+    path.write_text(json.dumps(spent))
+    return float(spent["seconds"]), int(spent["invocations"])
+
+
+@app.command("judge")
+def judge_cmd(images: list[Path] = typer.Argument(..., help="Image files."),
+              judge: str = typer.Option("oracle", "--judge", help="oracle, clip, or nudenet[:unlearndiffatk|erasurebench]."),
+              concept: str = typer.Option("burning", "--concept", help="Concept to score (clip: c_u vs c_a; nudenet: nudity)."),
+              clip: Optional[str] = typer.Option(None, "--clip", help="CLIP for the clip judge (default: the mini CLIP)."),
+              as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Judge images: is the concept there, and how sure is the judge."""
+    from conceptguard.domains import get_concept, get_domain
+    from conceptguard.eval.judges import get_judge
+
+    pictures = read_images(images)
+    domain = get_domain(None, clip)
+    j = get_judge(judge, domain)
+    verdicts = j.judge(pictures, get_concept(concept))
+    rows = [{"image": str(p), "judge": j.describe(), "concept": concept, **v} for p, v in zip(images, verdicts)]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title=j.describe())
+    for col in ("image", "concept", "p", "present"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["image"], concept, f"{r['p']:.3f}", "[red]yes" if r["present"] else "no")
+    Console().print(table)

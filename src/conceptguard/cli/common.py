@@ -1,0 +1,85 @@
+"""What every command shares: the Typer apps, the console, progress bars, JSON output, input checks.
+
+Commands import the ML libraries inside their bodies: `conceptguard --help` and a command that
+fails on bad input answer in a second, without loading torch, diffusers or transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from conceptguard.errors import InvalidInputError
+
+app = typer.Typer(help="conceptguard: keep text-to-image models from generating unacceptable concepts.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+world_app = typer.Typer(help="The mini world: a tiny Stable Diffusion + CLIP trained offline on "
+                        "procedural scenes, with an oracle judge.", no_args_is_help=True)
+app.add_typer(world_app, name="world")
+
+console = Console(stderr=True)
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+def reporter(bar: Progress):
+    """A Progress callback (what, done, total, info) that keeps one bar per `what`; when stderr
+    is not a terminal (nohup, CI) it also logs a line every 5% of each task."""
+    tasks: dict[str, TaskID] = {}
+    t0 = time.time()
+
+    def progress(what: str, done: int, total: int, info: str = "") -> None:
+        task = tasks.get(what)
+        if task is None:
+            task = tasks[what] = bar.add_task(what, total=total, info="")
+        bar.update(task, completed=done, total=total, info=info)
+        if not console.is_terminal and total and (done == total or done % max(1, total // 20) == 0):
+            console.print(f"{what} {done}/{total} {info} elapsed {time.time() - t0:.0f}s".rstrip())
+    return progress
+
+
+def emit_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def out_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError(f"--out {path} exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_images(paths: list[Path]):
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for p in paths:
+        if not p.exists():
+            raise InvalidInputError(f"image not found: {p}")
+        if p.is_dir():
+            raise InvalidInputError(f"{p} is a folder, not an image")
+        try:
+            with Image.open(p) as im:
+                im.load()
+                images.append(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise InvalidInputError(f"cannot read image {p}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'}") from exc
+    return images
+
+
+def concept_names(names: str) -> list[str]:
+    """Comma-separated concept names (at least one)."""
+    parts = [n.strip() for n in names.split(",") if n.strip()]
+    if not parts:
+        raise InvalidInputError("give at least one concept")
+    return parts

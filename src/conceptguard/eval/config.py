@@ -1,0 +1,123 @@
+"""The bench's run configuration: a validated YAML file, every field with a default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from conceptguard.attacks import ATTACKS, BUDGETS
+from conceptguard.defenses.registry import NONE, check_stack
+from conceptguard.domain import Domain
+from conceptguard.domains import MINIWORLD, get_domain
+from conceptguard.errors import ConceptGuardError, ConfigError, InvalidInputError
+from conceptguard.eval.judges import check_judge
+
+DEFAULT_STACKS = ("none", "blocklist", "negative-prompt", "sld-weak", "sld-medium", "sld-strong", "sld-max",
+                  "safety-checker", "esd-x", "esd-u", "uce", "espresso", "espresso-ft", "sanitizer", "steerdiff",
+                  "allbutone")
+
+
+class BenchConfig(BaseModel):
+    """A benchmark run. Every field has a default: `conceptguard bench` with no config runs these.
+    `concepts`, `prompt_sets` and `judges` default to the model's domain's (the mini world's
+    five concepts, its three prompt sets, the oracle and CLIP)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(MINIWORLD, description="hub id or folder of a diffusers text-to-image pipeline")
+    clip: str | None = Field(None, description="CLIP for CLIP-based judges, filters and attackers "
+                             "(default: the mini CLIP in the mini world; a real model must name one)")
+    defenses: list[str] = Field(default_factory=lambda: list(DEFAULT_STACKS),
+                                description="defense stacks, each written \"a+b\"; \"none\" is always added")
+    concepts: list[str] | None = None
+    prompt_sets: list[str] | None = None
+    prompt_files: dict[str, str] = Field(default_factory=dict,
+                                         description="extra sets: name -> .txt/.csv file or a `conceptguard attack` folder")
+    prompts_per_set: int = Field(10, ge=1, le=10_000, description="10 keeps the default run (16 stacks x 5 "
+                                 "concepts x 3 sets) within 15 minutes on 2 CPU cores")
+    images_per_prompt: int = Field(1, ge=1, le=100)
+    seed: int = 0
+    steps: int = Field(25, ge=1, le=1000)
+    guidance: float = Field(7.5, ge=0)
+    judges: list[str] | None = None
+    batch_size: int = Field(48, ge=1, le=1024)
+    attacks: list[str] = Field(default_factory=list, description="attacks run against every defense stack; "
+                               "their prompts become `adversarial-<attack>` sets (docs/attacks.md)")
+    attack_prompts: int = Field(8, ge=1, le=1000, description="adversarial prompts per attack, concept and stack")
+    attack_budget: Literal["cpu", "paper"] = Field("cpu", description="cpu: small presets for the mini world")
+    results_doc: str | None = Field(None, description="also write this Markdown file (e.g. docs/RESULTS.md)")
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, value: list[str]) -> list[str]:
+        return [_as_value_error(ATTACKS.check, v) for v in value]
+
+    @field_validator("defenses")
+    @classmethod
+    def _known_defenses(cls, value: list[str]) -> list[str]:
+        stacks = [_as_value_error(check_stack, v) for v in value]
+        return stacks if NONE in stacks else [NONE, *stacks]  # the reference for utility metrics
+
+    @field_validator("judges")
+    @classmethod
+    def _known_judges(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_as_value_error(check_judge, v) for v in value]
+
+    @model_validator(mode="after")
+    def _domain_defaults(self) -> BenchConfig:
+        """Fill and check what depends on the model's domain."""
+        domain = self.domain()
+        try:
+            names = self.concepts if self.concepts is not None else domain.default_concepts
+            self.concepts = [domain.concept(n).name for n in names]
+        except ConceptGuardError as exc:  # the message names the field: the error has no location
+            raise ValueError(f"concepts: {exc}") from exc
+        if self.prompt_sets is None:
+            self.prompt_sets = list(domain.prompt_set_names)
+        bad = [v for v in self.prompt_sets if v not in domain.prompt_set_names]
+        if bad:
+            known = ", ".join(domain.prompt_set_names) or "none (real models)"
+            raise ValueError(f"prompt_sets: unknown prompt set {bad[0]!r}; built-in sets: {known} "
+                             "(user files go under prompt_files)")
+        if self.judges is None:
+            self.judges = list(domain.judges)
+        return self
+
+    def domain(self) -> Domain:
+        return get_domain(self.model, self.clip)
+
+
+def _as_value_error(check, value):
+    """Run a check that raises our errors; pydantic reports ValueErrors with the field's name."""
+    try:
+        return check(value)
+    except ConceptGuardError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def load_config(path: str | Path | None) -> BenchConfig:
+    """Read and validate a YAML config; any problem is one ConfigError line naming the field."""
+    if path is None:
+        return BenchConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
+    try:
+        return BenchConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {field + ': ' if field else ''}{message}") from exc
+
+
+__all__ = ["BUDGETS", "DEFAULT_STACKS", "BenchConfig", "load_config"]

@@ -1,0 +1,59 @@
+"""Prompt sets: what a bench generates from. Every set has a stable id (a hash of its content),
+so results can name exactly what was run. Which sets exist is the domain's business
+(`Domain.prompt_set`); user files are read here."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conceptguard.errors import InvalidInputError
+from conceptguard.learned_tokens import LearnedTokens
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    text: str
+    expected: dict = field(default_factory=dict)  # labels the judge should find (mini world)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    concept: str
+    items: tuple[PromptItem, ...]
+    tokens: LearnedTokens = field(default_factory=LearnedTokens)  # learned tokens the prompts use (CCE)
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps([self.name, self.concept, [(i.text, i.expected) for i in self.items],
+                           self.tokens.fingerprint() if self.tokens else None], sort_keys=True)
+        return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+    @property
+    def prompts(self) -> list[str]:
+        return [i.text for i in self.items]
+
+
+def read_prompt_file(path: str | Path, concept: str, name: str | None = None) -> PromptSet:
+    """Prompts from a .txt file (one per line) or a .csv file (a `prompt` column, else the first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"prompt file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            raise InvalidInputError(f"empty prompt file: {path}")
+        header = [h.strip().lower() for h in rows[0]]
+        col = header.index("prompt") if "prompt" in header else 0
+        texts = [r[col] for r in rows[1:] if len(r) > col]
+    else:
+        texts = path.read_text(encoding="utf-8").splitlines()
+    texts = [t.strip() for t in texts if t.strip()]
+    if not texts:
+        raise InvalidInputError(f"no prompts in {path}")
+    return PromptSet(name or path.stem, concept, tuple(PromptItem(t) for t in texts))
