@@ -70,7 +70,7 @@ def test_save_load_and_apply_through_the_guard(pipe, edit, tmp_path):
 
 def test_purify_returns_one_image_per_input(pipe, edit):
     images = [Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]
-    out = purify(pipe, edit, images, "burning", steps=3)
+    out = purify(pipe, edit, images, "burning", num_inference_steps=3)
     assert [im.size for im in out] == [(32, 32), (32, 32)]
 
 
@@ -80,7 +80,7 @@ def test_purify_strength_sets_how_much_of_the_image_is_redrawn(pipe, edit):
 
     rng = np.random.default_rng(3)
     image = Image.fromarray(render(sample_scene(rng, flames=True), rng))
-    change = {s: np.abs(np.asarray(purify(pipe, edit, [image], "burning", steps=10, strength=s)[0], dtype=float)
+    change = {s: np.abs(np.asarray(purify(pipe, edit, [image], "burning", num_inference_steps=10, strength=s)[0], dtype=float)
                         - np.asarray(image, dtype=float)).mean() for s in (0.1, 1.0)}
     assert change[0.1] < change[1.0]
 

@@ -19,24 +19,24 @@ def test_same_seed_same_images_regardless_of_batch(pipe):
     from conceptguard.generation import initial_latents
 
     assert torch.equal(initial_latents(pipe, [3, 4], 32, 32)[1], initial_latents(pipe, [4], 32, 32)[0])
-    a = _arrays(generate(pipe, ["a red circle", "a blue star"], [3, 4], steps=5))
-    b = _arrays(generate(pipe, ["a red circle", "a blue star"], [3, 4], steps=5))
-    alone = _arrays(generate(pipe, ["a blue star"], [4], steps=5))
+    a = _arrays(generate(pipe, ["a red circle", "a blue star"], [3, 4], num_inference_steps=5))
+    b = _arrays(generate(pipe, ["a red circle", "a blue star"], [3, 4], num_inference_steps=5))
+    alone = _arrays(generate(pipe, ["a blue star"], [4], num_inference_steps=5))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))  # the same batch: the same bytes
     difference = np.abs(a[1].astype(int) - alone[0].astype(int))
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
-    c = _arrays(generate(pipe, ["a red circle"], [99], steps=5))
+    c = _arrays(generate(pipe, ["a red circle"], [99], num_inference_steps=5))
     assert not np.array_equal(a[0], c[0])
 
 
 def test_empty_prompt_is_refused(pipe):
     with pytest.raises(InvalidInputError, match="empty prompt"):
-        generate(pipe, ["  "], [0], steps=2)
+        generate(pipe, ["  "], [0], num_inference_steps=2)
 
 
 def test_long_prompt_warns_and_is_truncated(pipe):
     long = "a red circle " * 40
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        images = generate(pipe, [long], [0], steps=2)
+        images = generate(pipe, [long], [0], num_inference_steps=2)
     assert images and any("tokens" in str(w.message) for w in caught)

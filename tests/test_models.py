@@ -48,7 +48,7 @@ def test_local_sd_folder_loads_and_generates(tmp_path):
     from conceptguard.generation import generate
 
     pipe = load_pipeline(_tiny_sd(tmp_path / "sd"))
-    images = generate(pipe, ["a photo of a cat"], [0], steps=2, height=16, width=16)
+    images = generate(pipe, ["a photo of a cat"], [0], num_inference_steps=2, height=16, width=16)
     assert images[0].size == (16, 16)
 
 

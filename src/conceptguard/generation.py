@@ -31,7 +31,7 @@ def initial_latents(pipe, seeds: Iterable[int], height: int, width: int) -> torc
                         for s in seeds]).to(pipe.device, pipe.unet.dtype)
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 25, guidance: float = 7.5,
+def generate(pipe, prompts: list[str], seeds: list[int], num_inference_steps: int = 25, guidance_scale: float = 7.5,
              height: int | None = None, width: int | None = None, batch_size: int = 32,
              negative_prompt: str | None = None) -> list[Image.Image]:
     """One image per (prompt, seed) pair, in order. Defaults are the gates' settings."""
@@ -44,8 +44,8 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 25, guidan
     images: list[Image.Image] = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
-        out = pipe(chunk, height=height, width=width, num_inference_steps=steps,
-                   guidance_scale=guidance, latents=initial_latents(pipe, seeds[i:i + batch_size], height, width),
+        out = pipe(chunk, height=height, width=width, num_inference_steps=num_inference_steps,
+                   guidance_scale=guidance_scale, latents=initial_latents(pipe, seeds[i:i + batch_size], height, width),
                    negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None)
         images.extend(out.images)
     return images

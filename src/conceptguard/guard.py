@@ -15,7 +15,7 @@ import inspect
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from PIL import Image
@@ -24,6 +24,10 @@ from conceptguard.defenses.base import Decision, Defense, EmbeddingDefense, Guid
 from conceptguard.errors import ConfigError, InvalidInputError
 from conceptguard.generation import check_prompt, initial_latents
 from conceptguard.learned_tokens import LearnedTokens, override_token_embeddings
+
+if TYPE_CHECKING:  # the central handles, for type hints only
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
 
 @dataclass
@@ -69,7 +73,7 @@ class GuardedPipeline:
     pipeline passed in is never modified.
     """
 
-    def __init__(self, pipe, defenses: Sequence[Defense] = (), embed_cache_size: int = 4096) -> None:
+    def __init__(self, pipe: DiffusionPipeline, defenses: Sequence[Defense] = (), embed_cache_size: int = 4096) -> None:
         for attr in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             if not hasattr(pipe, attr):
                 raise ConfigError(f"{type(pipe).__name__} is not a Stable-Diffusion-style pipeline (no {attr})")
@@ -95,11 +99,11 @@ class GuardedPipeline:
         return [d for d in self.defenses if isinstance(d, kind)]
 
     @property
-    def unet(self):
+    def unet(self) -> UNet2DConditionModel:
         return self.components["unet"]
 
     @property
-    def text_encoder(self):
+    def text_encoder(self) -> CLIPTextModel:
         return self.components["text_encoder"]
 
     @property

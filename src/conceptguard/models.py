@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from conceptguard.errors import CorruptWeightsError, InvalidInputError, ModelNotFoundError
 from conceptguard.miniworld.paths import MINIWORLD, clip_dir, is_shipped, pipeline_dir, verify
+
+if TYPE_CHECKING:  # the central handles, for type hints only
+    from diffusers import DiffusionPipeline
+    from transformers import CLIPModel, CLIPProcessor
 
 
 @torch.no_grad()
@@ -75,7 +80,7 @@ def _quiet_progress_bars() -> None:
 
 
 def load_pipeline(model: str | Path | None = None, device: str = "cpu",
-                  dtype: torch.dtype = torch.float32):
+                  dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
     """A diffusers text-to-image pipeline (the mini SD by default), safety checker off."""
     from diffusers import DiffusionPipeline
 
@@ -89,7 +94,7 @@ def load_pipeline(model: str | Path | None = None, device: str = "cpu",
     return pipe.to(device)
 
 
-def load_clip(model: str | Path | None = None, device: str = "cpu"):
+def load_clip(model: str | Path | None = None, device: str = "cpu") -> tuple[CLIPModel, CLIPProcessor]:
     """(CLIPModel, CLIPProcessor) — the mini CLIP by default."""
     from transformers import CLIPModel, CLIPProcessor
 
@@ -108,7 +113,7 @@ class ClipEmbedder:
     between transformers versions.
     """
 
-    def __init__(self, clip, processor) -> None:
+    def __init__(self, clip: CLIPModel, processor: CLIPProcessor) -> None:
         self.clip, self.processor = clip.eval(), processor
 
     @property

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar, get_args
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ from conceptguard.prompts import PromptItem, PromptSet
 from conceptguard.registry import Registry
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")
+
+if TYPE_CHECKING:  # the central handles, for type hints only
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 
 class Budget(BaseModel):
@@ -180,15 +184,15 @@ class AttackTarget:
 
     # ------------------------------------------------------------------ components
     @property
-    def unet(self):
+    def unet(self) -> UNet2DConditionModel:
         return self.guard.unet
 
     @property
-    def text_encoder(self):
+    def text_encoder(self) -> CLIPTextModel:
         return self.guard.text_encoder
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> CLIPTokenizer:
         return self.pipe.tokenizer
 
     @property
@@ -268,7 +272,7 @@ class AttackTarget:
             ids = sorted({i for text in texts for i in tok(text).input_ids} - special)
         else:
             ids = [i for i in range(len(tok)) if i not in special]
-        words = [tok.decode([i]).strip() for i in ids]
+        words = [str(tok.decode([i])).strip() for i in ids]
         ok = self.allowed(words)
         return torch.tensor([i for i, w, a in zip(ids, words, ok) if a and w], dtype=torch.long)
 
@@ -295,11 +299,11 @@ class AttackTarget:
         with torch.no_grad():
             return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
 
-    def generate(self, prompts: list[str], seeds: list[int], steps: int = 25, guidance: float = 7.5,
-                 tokens: LearnedTokens | None = None) -> GuardedOutput:
+    def generate(self, prompts: list[str], seeds: list[int], num_inference_steps: int = 25,
+                 guidance_scale: float = 7.5, tokens: LearnedTokens | None = None) -> GuardedOutput:
         """Black-box query: the guard's images and records. Counts toward the attack's cost."""
         self.queries += len(prompts)
-        return self.guard(prompts, seed=seeds, num_inference_steps=steps, guidance_scale=guidance,
+        return self.guard(prompts, seed=seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           learned_tokens=tokens)
 
     def p_unacceptable(self, images: list[Image.Image]) -> np.ndarray:

@@ -85,7 +85,7 @@ def init_embedding(target: AttackTarget) -> torch.Tensor:
     ids = tok(target.concept.c_a, add_special_tokens=False).input_ids or [tok.bos_token_id]
     table = target.text_encoder.get_input_embeddings()
     with torch.no_grad():
-        return table(torch.tensor(ids, device=table.weight.device)).float().mean(0).cpu()
+        return table(torch.tensor(ids, device=next(table.parameters()).device)).float().mean(0).cpu()
 
 
 @ATTACKS.register("cce", adaptive=False)

@@ -100,7 +100,7 @@ class RingABell(Attack[RingABellBudget]):
         elite = min(max(1, budget.elite), pop)
 
         def texts(genes: np.ndarray, i: int) -> list[str]:
-            found = [tok.decode([int(vocab[g]) for g in row]).strip() for row in genes]
+            found = [str(tok.decode([int(vocab[g]) for g in row])).strip() for row in genes]
             if budget.append and stripped[i]:
                 return [f"{stripped[i]} {f}".strip() for f in found]
             return [f or stripped[i] for f in found]

@@ -108,7 +108,7 @@ class SneakyPrompt(Attack[SneakyBudget]):
         texts, keep = [], []
         seen = set()
         for s in subs:
-            middle = target.tokenizer.decode([int(target.vocabulary[k]) for k in s]).strip()
+            middle = str(target.tokenizer.decode([int(target.vocabulary[k]) for k in s])).strip()
             text = self._join(left, middle, right)
             if not middle or middle.lower() == span.lower() or text in seen or text == original:
                 continue
@@ -174,7 +174,7 @@ class SneakyPrompt(Attack[SneakyBudget]):
         budget = self.budget
         prompts = [states[i].texts[j] for i, j in picks]
         seeds = [seed * 100_000 + i * 100 + len(states[i].rewards[j]) for i, j in picks]
-        out = target.generate(prompts, seeds, steps=budget.steps, guidance=budget.guidance)
+        out = target.generate(prompts, seeds, num_inference_steps=budget.steps, guidance_scale=budget.guidance)
         reward = np.zeros(len(picks))
         shown = [k for k, r in enumerate(out.records) if not r.blocked]
         if shown:

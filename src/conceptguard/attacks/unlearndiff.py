@@ -59,7 +59,7 @@ def attack_vocabulary(target: AttackTarget) -> tuple[torch.Tensor, list[str]]:
     tok = target.tokenizer
     ids, words = [], []
     for i in target.vocabulary.tolist():
-        word = tok.decode([i]).strip()
+        word = str(tok.decode([i])).strip()
         if word and " " not in word and tok(word, add_special_tokens=False).input_ids == [i]:
             ids.append(i)
             words.append(word)
@@ -255,7 +255,7 @@ class UnlearnDiffAtk(WhiteBoxAttack[UnlearnDiffBudget]):
         vocab, words = attack_vocabulary(target)
         table = target.text_encoder.get_input_embeddings()
         with torch.no_grad():
-            E = table(vocab.to(table.weight.device)).float()  # [V, d]
+            E = table(vocab.to(next(table.parameters()).device)).float()  # [V, d]
         k, V = b.tokens, len(vocab)
 
         base = [target.strip_blocked(p) for p in target.seed_prompts(n, seed)]

@@ -45,7 +45,7 @@ def purify_cmd(images: list[Path] = typer.Argument(..., help="Images that show t
         task = bar.add_task("purifying", total=len(pictures), info="")
         for start in range(0, len(pictures), 16):
             chunk = pictures[start:start + 16]
-            for k, im in enumerate(purify(pipe, weights, chunk, text, guidance=guidance, strength=strength)):
+            for k, im in enumerate(purify(pipe, weights, chunk, text, guidance_scale=guidance, strength=strength)):
                 path = out / f"{Path(images[start + k]).stem}.purified.png"
                 im.save(path)
                 files.append(str(path))

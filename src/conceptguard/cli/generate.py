@@ -43,8 +43,8 @@ def generate_cmd(prompt: str = typer.Argument(..., help="The text prompt."),
             k = min(16, n - start)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                images = generate(pipe, [prompt] * k, [seed + start + i for i in range(k)], steps=steps,
-                                  guidance=guidance)
+                images = generate(pipe, [prompt] * k, [seed + start + i for i in range(k)],
+                                  num_inference_steps=steps, guidance_scale=guidance)
             for i, im in enumerate(images):
                 path = out / f"{seed + start + i:06d}.png"
                 im.save(path)

@@ -174,8 +174,8 @@ def ddim_invert(pipe, image: torch.Tensor, cond: torch.Tensor, steps: int = 25,
     return z
 
 
-def purify(pipe, edit: WeightEdit, images: list[Image.Image], prompt: str, steps: int = 25,
-           guidance: float = 7.5, strength: float = 0.7) -> list[Image.Image]:
+def purify(pipe, edit: WeightEdit, images: list[Image.Image], prompt: str, num_inference_steps: int = 25,
+           guidance_scale: float = 7.5, strength: float = 0.7) -> list[Image.Image]:
     """Invert each image with the original model under `prompt` (which names the erased concept),
     then run DDIM from that latent with the edited model and the same prompt.
 
@@ -189,22 +189,22 @@ def purify(pipe, edit: WeightEdit, images: list[Image.Image], prompt: str, steps
     x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32))
                      for im in images]).permute(0, 3, 1, 2) / 127.5 - 1
     cond = _encode(pipe, [prompt] * len(images))
-    n_steps = max(1, round(strength * steps))
-    latents = ddim_invert(pipe, x, cond, steps, n_steps)
+    n_steps = max(1, round(strength * num_inference_steps))
+    latents = ddim_invert(pipe, x, cond, num_inference_steps, n_steps)
     components = {"unet": copy.deepcopy(pipe.unet)}  # the pipeline passed in stays as it is
     edit.apply_to(components)
     edited = components["unet"]
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(num_inference_steps)
     uncond = _encode(pipe, [""] * len(images))
     z = latents
     with torch.no_grad():
         for t in scheduler.timesteps[len(scheduler.timesteps) - n_steps:]:
-            if guidance == 1.0:
+            if guidance_scale == 1.0:
                 eps = edited(z, t, encoder_hidden_states=cond).sample
             else:
                 e_u, e_c = edited(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
-                eps = e_u + guidance * (e_c - e_u)
+                eps = e_u + guidance_scale * (e_c - e_u)
             z = scheduler.step(eps, t, z).prev_sample
         out = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
     arr = ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()

@@ -8,10 +8,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import torch
 
 from conceptguard.errors import InvalidInputError
+
+if TYPE_CHECKING:  # the central handles, for type hints only
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -19,14 +23,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:12]
 
 
-def encoder_identity(text_encoder, tokenizer, name: str) -> dict:
+def encoder_identity(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, name: str) -> dict:
     """What a trained embedding defense records about the text encoder it was trained for."""
     return {"text_encoder": name, "hidden_size": text_encoder.config.hidden_size,
             "tokenizer": tokenizer_fingerprint(tokenizer), "bos": tokenizer.bos_token_id,
             "eos": tokenizer.eos_token_id}
 
 
-def check_encoder(what: str, config: dict, text_encoder, tokenizer) -> None:
+def check_encoder(what: str, config: dict, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
     """One-line refusal when a defense meets a text encoder other than its own."""
     mine = (config["hidden_size"], config["tokenizer"])
     theirs = (text_encoder.config.hidden_size, tokenizer_fingerprint(tokenizer))
@@ -47,7 +51,8 @@ def length_with_eos(ids: torch.Tensor, eos: int) -> int:
     return int((ids == eos).nonzero()[0, 0]) + 1
 
 
-def encode(text_encoder, tokenizer, prompts: list[str], batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, prompts: list[str],
+           batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """last_hidden_state over all 77 positions (as SD conditions on it) and the token ids."""
     ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():

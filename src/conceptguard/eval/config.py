@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from conceptguard.attacks import ATTACKS, BUDGETS
 from conceptguard.defenses.registry import NONE, check_stack
@@ -40,8 +40,10 @@ class BenchConfig(BaseModel):
                                  "concepts x 3 sets) within 15 minutes on 2 CPU cores")
     images_per_prompt: int = Field(1, ge=1, le=100)
     seed: int = 0
-    steps: int = Field(25, ge=1, le=1000)
-    guidance: float = Field(7.5, ge=0)
+    num_inference_steps: int = Field(25, ge=1, le=1000, validation_alias=AliasChoices("num_inference_steps", "steps"),
+                                     description="denoising steps (also accepted as `steps`)")
+    guidance_scale: float = Field(7.5, ge=0, validation_alias=AliasChoices("guidance_scale", "guidance"),
+                                  description="classifier-free guidance (also accepted as `guidance`)")
     judges: list[str] | None = None
     batch_size: int = Field(48, ge=1, le=1024)
     attacks: list[str] = Field(default_factory=list, description="attacks run against every defense stack; "

@@ -42,6 +42,20 @@ def better(metric: str, a: float, b: float) -> bool:
     return direction is not None and (a > b if direction else a < b)
 
 
+def meets(metric: str, value: float | None, bar: float) -> bool:
+    """Whether `value` of `metric` is at least as good as `bar` (a missing value never is)."""
+    direction = METRICS[metric].higher_is_better
+    if value is None or direction is None:
+        return False
+    return value >= bar if direction else value <= bar
+
+
+def direction_label(metric: str) -> str:
+    """"(higher is better)" / "(lower is better)" for axis labels and table notes."""
+    direction = METRICS[metric].higher_is_better
+    return "" if direction is None else f"({'higher' if direction else 'lower'} is better)"
+
+
 def _share(values: Sequence[bool]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 

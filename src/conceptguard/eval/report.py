@@ -29,6 +29,8 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape as rich_escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from conceptguard.eval.metrics import direction_label  # noqa: E402
+
 COLUMNS = ("stack", "concept", "prompt_set", "n_images", "concept_rate", "clip_accuracy",
            "block_rate", "normalized_clip_score", "prompt_following", "fd", "seconds")
 # On acceptable prompts the question is utility; on every other set it is whether the concept shows.
@@ -200,8 +202,10 @@ def plot_effectiveness_vs_utility(results: dict) -> bytes:
     """Scatter: concept rate on unacceptable prompts (x) vs utility on acceptable ones (y)."""
     summary = summary_table(results)
     y_key, y_label = "prompt_following_acceptable", "prompt following on acceptable prompts"
+    y_metric = "prompt_following"
     if all(s[y_key] is None for s in summary):
         y_key, y_label = "normalized_clip_score_acceptable", "normalized CLIP score on acceptable prompts"
+        y_metric = "normalized_clip_score"
     points = [s for s in summary if s["concept_rate_unacceptable"] is not None and s[y_key] is not None]
     if not points:
         return _empty_plot("No rows with both effectiveness and utility.")
@@ -211,8 +215,8 @@ def plot_effectiveness_vs_utility(results: dict) -> bytes:
         ax.scatter(x, y, color=color, s=50, label=s["stack"])
         ax.annotate(s["stack"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlim(-0.05, 1.05)  # rates live in [0, 1]; a fixed axis keeps runs comparable
-    ax.set_xlabel("concept rate on unacceptable prompts (lower is better)")
-    ax.set_ylabel(f"{y_label} (higher is better)")
+    ax.set_xlabel(f"concept rate on unacceptable prompts {direction_label('concept_rate')}")
+    ax.set_ylabel(f"{y_label} {direction_label(y_metric)}")
     ax.set_title("Effectiveness vs utility")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
@@ -236,7 +240,7 @@ def plot_concept_rate_by_concept(results: dict) -> bytes:
     ax.set_xticks(range(len(concepts)), concepts, rotation=30 if len(concepts) > 6 else 0)
     ax.set_ylabel("concept rate on unacceptable prompts")
     ax.set_ylim(0, 1.05)
-    ax.set_title("Concept rate by concept (lower is better)")
+    ax.set_title(f"Concept rate by concept {direction_label('concept_rate')}")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
     return _png(fig)

@@ -128,7 +128,8 @@ class Runner:
 
     def _image_path(self, stack: str, concept: str, prompt: str, seed: int) -> Path:
         c = self.config
-        key = hashlib.sha256(f"{c.model}|{stack}|{concept}|{prompt}|{seed}|{c.steps}|{c.guidance}".encode()).hexdigest()[:20]
+        text = f"{c.model}|{stack}|{concept}|{prompt}|{seed}|{c.num_inference_steps}|{c.guidance_scale}"
+        key = hashlib.sha256(text.encode()).hexdigest()[:20]
         return self.images_dir / key[:2] / f"{key}.png"
 
     def _run_batch(self, guard: GuardedPipeline, stack: str, concept: str, pset: PromptSet, batch) -> list[dict]:
@@ -136,7 +137,7 @@ class Runner:
         t0 = time.perf_counter()
         prompts = [pset.items[i].text for _, i, _ in batch]
         seeds = [k.seed for k, _, _ in batch]
-        out = guard(prompts, seed=seeds, num_inference_steps=c.steps, guidance_scale=c.guidance,
+        out = guard(prompts, seed=seeds, num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale,
                     batch_size=c.batch_size, learned_tokens=pset.tokens)  # a CCE set's placeholder tokens
         judged = self.judge(out.images, self.concept(concept), prompts)
         per_image = (time.perf_counter() - t0) / len(batch)
