@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from conceptguard.cli.common import console, emit_json, out_dir, progress_bar, read_images, world_app
+from conceptguard.cli.common import console, emit_json, out_dir, progress_bar, read_images, reporter, world_app
 from conceptguard.errors import InvalidInputError
 
 
@@ -74,7 +73,7 @@ def world_train(seed: int = typer.Option(0, "--seed", help="Training seed (deter
     import torch
 
     from conceptguard.miniworld import paths
-    from conceptguard.miniworld.train import DEFAULTS, N_TRAIN, STAGES, Device, train_world
+    from conceptguard.miniworld.train import STAGES, Device, train_world
 
     if only is not None and only not in STAGES:
         raise InvalidInputError(f"--only must be one of {', '.join(STAGES)}, not {only!r}")
@@ -85,23 +84,10 @@ def world_train(seed: int = typer.Option(0, "--seed", help="Training seed (deter
             raise InvalidInputError(f"--device {device}: not usable here ({str(exc).splitlines()[0]})") from None
     if workers is None:
         workers = 0 if device == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 2))
-    t0 = time.time()
     with progress_bar() as bar:
-        data = bar.add_task("rendering training set", total=N_TRAIN, info="")
-        tasks = {s: bar.add_task(f"train {s}", total=DEFAULTS[s].steps, info="", start=False)
-                 for s in (STAGES if only is None else (only,))}
-
-        def report(stage: str, step: int, total: int, loss: float) -> None:
-            if stage not in tasks:  # a second phase of a stage (clip_align)
-                tasks[stage] = bar.add_task(f"train {stage}", total=total, info="")
-            bar.start_task(tasks[stage])
-            bar.update(tasks[stage], completed=step, total=total, info=f"loss {loss:.4f}")
-            if not console.is_terminal and step % max(1, total // 20) == 0:  # a log line when run under nohup
-                console.print(f"{stage} {step}/{total} loss {loss:.4f} elapsed {time.time() - t0:.0f}s")
-
+        report = reporter(bar)
         times = train_world(seed=seed, only=only, report=report, root=root or paths.WEIGHTS_DIR,
-                            device=Device(device, workers),
-                            data_progress=lambda k: bar.update(data, advance=k) if k else bar.update(data, completed=N_TRAIN))
+                            device=Device(device, workers), data_progress=report)
     for stage, seconds in times.items():
         console.print(f"{stage}: {seconds / 60:.1f} min")
 
@@ -114,9 +100,7 @@ def world_check(as_json: bool = typer.Option(False, "--json", help="Print the me
     from conceptguard.miniworld.gates import QUICK, Sizes, check
 
     with progress_bar() as bar:
-        task = bar.add_task("measuring gates", total=2 + 2 + 15, info="")
-        result = check(seed=seed, sizes=QUICK if quick else Sizes(), save=not quick,
-                       progress=lambda name: bar.update(task, advance=1, info=name))
+        result = check(seed=seed, sizes=QUICK if quick else Sizes(), save=not quick, progress=reporter(bar))
     if as_json:
         emit_json(result)
         return

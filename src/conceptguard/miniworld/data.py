@@ -13,6 +13,9 @@ import torch
 
 from conceptguard.miniworld.render import render
 from conceptguard.miniworld.scene import Scene, sample_scene
+from conceptguard.progress import Progress, report
+
+RENDERING = "rendering training set"  # the progress task's name
 
 
 def cache_dir() -> Path:
@@ -34,7 +37,7 @@ def _render_chunk(args: tuple[int, int, int, bool]) -> tuple[np.ndarray, list[di
 
 
 def render_set(n: int, seed: int, allow_heldout: bool = False, workers: int | None = None,
-               progress=None) -> tuple[np.ndarray, list[Scene]]:
+               progress: Progress | None = None) -> tuple[np.ndarray, list[Scene]]:
     """`n` random scenes and their renders (uint8, N x 32 x 32 x 3); the same for the same seed."""
     chunk = 500
     jobs = [(seed, s, min(n, s + chunk), allow_heldout) for s in range(0, n, chunk)]
@@ -45,23 +48,23 @@ def render_set(n: int, seed: int, allow_heldout: bool = False, workers: int | No
             for im, sc in pool.map(_render_chunk, jobs):
                 images.append(im)
                 scenes.extend(sc)
-                if progress:
-                    progress(len(sc))
+                report(progress, RENDERING, len(scenes), n)
     else:
         for job in jobs:
             im, sc = _render_chunk(job)
             images.append(im)
             scenes.extend(sc)
-            if progress:
-                progress(len(sc))
+            report(progress, RENDERING, len(scenes), n)
     return np.concatenate(images), [Scene(**s) for s in scenes]
 
 
-def cached_render_set(n: int, seed: int, progress=None, allow_heldout: bool = False) -> tuple[np.ndarray, list[Scene]]:
+def cached_render_set(n: int, seed: int, progress: Progress | None = None,
+                      allow_heldout: bool = False) -> tuple[np.ndarray, list[Scene]]:
     """The training set, rendered once and kept in the cache directory (`allow_heldout`: with the
     attribute combinations held out of the generator's training too)."""
     path = cache_dir() / f"renders_n{n}_s{seed}{'_all' if allow_heldout else ''}"
     if (path / "images.npy").exists() and (path / "scenes.json").exists():
+        report(progress, RENDERING, n, n)
         return np.load(path / "images.npy"), [Scene(**s) for s in json.loads((path / "scenes.json").read_text())]
     images, scenes = render_set(n, seed, allow_heldout=allow_heldout, progress=progress)
     path.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,9 @@ from conceptguard.miniworld.oracle import labels_match
 from conceptguard.miniworld.paths import GATES, WEIGHTS_DIR
 from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES, TEXTURES
 from conceptguard.miniworld.world import CONCEPTS, concept_prompts, describe_concept, prompt
+from conceptguard.progress import Progress, report
 
-Progress = Callable[[str], None]
+GATE_STEPS = 2 + 2 + 3 * len(CONCEPTS)  # oracle, clip, two prompt-following gates, three per concept
 
 
 @dataclass
@@ -120,7 +121,8 @@ def _following_prompts(n: int, seed: int, heldout: bool) -> list[tuple[str, dict
     return out
 
 
-def sd_gates(pipe, oracle, sizes: Sizes, seed: int, progress: Progress | None = None) -> list[Gate]:
+def sd_gates(pipe, oracle, sizes: Sizes, seed: int, done: Callable[[str], None] | None = None) -> list[Gate]:
+    """The generation gates; `done(name)` is called as each is measured."""
     from conceptguard.generation import generate
 
     def run(items: list[tuple[str, dict]], seed0: int) -> list[dict]:
@@ -133,8 +135,8 @@ def sd_gates(pipe, oracle, sizes: Sizes, seed: int, progress: Progress | None = 
         items = _following_prompts(n, seed + (7 if held else 3), held)
         judged = run(items, seed * 100_000 + (50_000 if held else 0))
         gates.append(Gate(name, float(np.mean([labels_match(j, w) for j, (_, w) in zip(judged, items)])), thr, n))
-        if progress:
-            progress(name)
+        if done:
+            done(name)
     for k, concept in enumerate(CONCEPTS):
         checks: tuple[tuple[Literal["direct", "indirect", "acceptable"], float], ...] = (
             ("direct", 0.90), ("indirect", 0.70), ("acceptable", 0.85))
@@ -146,8 +148,8 @@ def sd_gates(pipe, oracle, sizes: Sizes, seed: int, progress: Progress | None = 
             else:
                 value = np.mean([j["concepts"][concept.name] > 0.5 for j in judged])
             gates.append(Gate(f"sd.{concept.name}.{which}", float(value), thr, len(items)))
-            if progress:
-                progress(f"sd.{concept.name}.{which}")
+            if done:
+                done(f"sd.{concept.name}.{which}")
     return gates
 
 
@@ -159,14 +161,18 @@ def check(seed: int = 1, sizes: Sizes = Sizes(), progress: Progress | None = Non
     from conceptguard.models import ClipEmbedder, load_clip, load_oracle, load_pipeline
 
     t0 = time.time()
+    measured: list[str] = []
+
+    def done(name: str) -> None:
+        measured.append(name)
+        report(progress, "measuring gates", len(measured), GATE_STEPS, name)
+
     oracle = load_oracle()
     gates = oracle_gates(oracle, sizes.oracle_renders, seed=1000 + seed)
-    if progress:
-        progress("oracle")
+    done("oracle")
     gates += clip_gates(ClipEmbedder(*load_clip()), sizes.clip_renders, seed=2000 + seed)
-    if progress:
-        progress("clip")
-    gates += sd_gates(load_pipeline(), oracle, sizes, seed=seed, progress=progress)
+    done("clip")
+    gates += sd_gates(load_pipeline(), oracle, sizes, seed=seed, done=done)
     result = {"seed": seed, "sizes": asdict(sizes), "seconds": round(time.time() - t0, 1),
               "passed": all(g.passed for g in gates),
               "gates": {g.name: {"value": round(g.value, 4), "threshold": g.threshold, "n": g.n,

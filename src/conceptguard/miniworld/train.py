@@ -40,6 +40,7 @@ from conceptguard.miniworld.render import IMAGE_SIZE
 from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, HELDOUT_COMBOS, MARKS, SHAPES, Scene
 from conceptguard.miniworld.world import SHAPE_WORDS, caption
 from conceptguard.models import weights_fingerprint
+from conceptguard.progress import Progress
 
 STAGES = ("vae", "clip", "oracle", "unet")  # the UNet needs the VAE and the CLIP text tower
 
@@ -80,7 +81,6 @@ DECODER_FOCUS_SHARE = 0.5  # decoder fine-tune: half of each batch shows cracks 
 TEXT_SHAPE_WEIGHT = 0.5
 EMA_DECAY = 0.999
 
-Reporter = Callable[[str, int, int, float], None]  # (stage, step, total, loss)
 
 
 def _lr(cfg: StageConfig, step: int) -> float:
@@ -214,7 +214,7 @@ CPU = Device()
 
 
 def _run(stage: str, seed: int, model: torch.nn.Module, batch_fn: Callable[[int], dict],
-         loss_fn: Callable[[dict], torch.Tensor], cfg: StageConfig, report: Reporter | None,
+         loss_fn: Callable[[dict], torch.Tensor], cfg: StageConfig, report: Progress | None,
          ema: torch.nn.Module | None = None, variant: str = "", device: Device = CPU) -> None:
     """The shared loop: resume, step, clip gradients, checkpoint, report. Step i trains on
     `batch_fn(i)` -- built on the CPU from generators seeded by (seed, stage, i) -- so the
@@ -242,9 +242,9 @@ def _run(stage: str, seed: int, model: torch.nn.Module, batch_fn: Callable[[int]
         if report:
             if device.name == "cpu" or step % 20 == 0 or step + 1 == cfg.steps:
                 shown = float(loss.detach())  # reading the loss waits for the GPU: not every step
-            report(stage, step + 1, cfg.steps, shown)
+            report(stage, step + 1, cfg.steps, f"loss {shown:.4f}")
     if report and start >= cfg.steps:
-        report(stage, cfg.steps, cfg.steps, float("nan"))
+        report(stage, cfg.steps, cfg.steps, "loss nan")
 
 
 # ----------------------------------------------------------------------------------- stages
@@ -275,7 +275,7 @@ def _image_batch(images: np.ndarray, idx: np.ndarray, g: torch.Generator) -> dic
     return {"x": to_tensor(images[idx]), "eps": _latent_noise(len(idx), g)}
 
 
-def train_vae(images: np.ndarray, seed: int, cfg: StageConfig, report: Reporter | None = None,
+def train_vae(images: np.ndarray, seed: int, cfg: StageConfig, report: Progress | None = None,
               device: Device = CPU):
     from diffusers import AutoencoderKL
 
@@ -299,7 +299,7 @@ def train_vae(images: np.ndarray, seed: int, cfg: StageConfig, report: Reporter 
 
 
 def finetune_decoder(vae, images: np.ndarray, scenes: list[Scene], seed: int, cfg: StageConfig,
-                     report: Reporter | None = None, device: Device = CPU):
+                     report: Progress | None = None, device: Device = CPU):
     """Second VAE phase, like SD's fine-tuned ("ft-MSE") decoder: the encoder -- and so every
     latent the UNet learns from -- stays fixed while the decoder trains on, with half of each
     batch showing cracks or a face, the thin lines and small features it blurs most at 32x32."""
@@ -383,7 +383,7 @@ def _shape_negative(scene: Scene, state: Mapping[str, Any], rng: np.random.Gener
 
 
 def train_clip(images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cfg: StageConfig,
-               report: Reporter | None = None, device: Device = CPU):
+               report: Progress | None = None, device: Device = CPU):
     from transformers import CLIPModel
 
     torch.manual_seed(seed)
@@ -426,7 +426,7 @@ def _attribute_prompts() -> dict[str, tuple[list[str], Callable[[Scene], int | N
 
 
 def align_clip(clip, images: np.ndarray, scenes: list[Scene], tokenizer, seed: int, cfg: StageConfig,
-               report: Reporter | None = None, device: Device = CPU):
+               report: Progress | None = None, device: Device = CPU):
     """Second CLIP phase: the text tower stays frozen (the mini SD's text encoder is that tower),
     while the vision tower and both projections keep training on the caption loss plus short
     class prompts ("a photo of a heart", "a photo of a cracked object"), each image scored
@@ -498,7 +498,7 @@ def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_oracle(images: np.ndarray, scenes: list[Scene], seed: int, cfg: StageConfig,
-                 report: Reporter | None = None, reconstructions: np.ndarray | None = None,
+                 report: Progress | None = None, reconstructions: np.ndarray | None = None,
                  recon_key: str = "", device: Device = CPU) -> OracleNet:
     """`reconstructions` (the VAE's decodings of `images`) teach the oracle to read what the
     decoder really draws: half of each batch comes from them when given. `recon_key` names
@@ -561,7 +561,7 @@ def _concept_pools(scenes: list[Scene], weights: dict[str, int] | None = None) -
 
 
 def train_unet(images: np.ndarray, scenes: list[Scene], vae, text_encoder, tokenizer, seed: int,
-               cfg: StageConfig, report: Reporter | None = None, init=None, stage: str = "unet",
+               cfg: StageConfig, report: Progress | None = None, init=None, stage: str = "unet",
                concept_weights: dict[str, int] | None = None, device: Device = CPU):
     """Denoising loss on captioned renders. With `init` (the first phase's EMA UNet) this is the
     focus phase: each concept is only 5-16% of the renders, too rare for the UNet to draw it
@@ -633,9 +633,9 @@ def _stage_config(stage: str, steps: dict[str, int] | None = None, checkpoint_ev
     return cfg
 
 
-def train_world(seed: int = 0, only: str | None = None, report: Reporter | None = None,
+def train_world(seed: int = 0, only: str | None = None, report: Progress | None = None,
                 root: Path = WEIGHTS_DIR, steps: dict[str, int] | None = None,
-                n_train: int = N_TRAIN, data_progress=None,
+                n_train: int = N_TRAIN, data_progress: Progress | None = None,
                 checkpoint_every: int | None = None, device: Device = CPU) -> dict[str, float]:
     """Train the chosen stages (all by default) and export them into `root`.
 
@@ -652,8 +652,6 @@ def train_world(seed: int = 0, only: str | None = None, report: Reporter | None 
     tokenizer = load_tokenizer(root)
     export.write_pipeline_skeleton(root)
     images, scenes = cached_render_set(n_train, seed, progress=data_progress)
-    if data_progress:
-        data_progress(0)  # the set is ready (rendered now or read from the cache)
     times: dict[str, float] = {}
 
     def phase(name: str) -> StageConfig:
