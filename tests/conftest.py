@@ -27,9 +27,9 @@ def oracle():
     return load_oracle()
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess (exit codes and stderr as a user sees them)."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run([sys.executable, "-m", "conceptguard", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
 
