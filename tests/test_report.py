@@ -82,7 +82,7 @@ def test_markdown_has_tables_defenses_and_judges(written):
         assert name in md
     assert "Judges: concept_rate: oracle (p > 0.5)" in md
     assert "prompt_following: oracle prompt following; normalized_clip_score: CLIP score (mini CLIP)" in md
-    assert "| none | 0.900 | 0.700 | 0.800 |" in md  # unacceptable: per concept, then mean
+    assert "| none | 0.900 | 0.700 | 0.800 [" in md  # unacceptable: per concept, then the mean with its interval
     assert "| none | 0.600 / 0.900 | – / 0.700 | 0.600 / 0.800 |" in md  # acceptable, with a None
 
 

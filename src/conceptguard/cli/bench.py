@@ -85,3 +85,28 @@ def judge_cmd(images: list[Path] = typer.Argument(..., help="Image files."),
     for r in rows:
         table.add_row(r["image"], concept, f"{r['p']:.3f}", "[red]yes" if r["present"] else "no")
     Console().print(table)
+
+
+@app.command("compare")
+def compare_cmd(run: Path = typer.Argument(..., help="A bench run's folder (its results.sqlite)."),
+                stack_a: str = typer.Argument(..., help="First stack, as written in the run (e.g. esd-x)."),
+                stack_b: str = typer.Argument(..., help="Second stack (e.g. none)."),
+                judge: Optional[str] = typer.Option(None, "--judge", help="Judge to read (default: the run's main one)."),
+                as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Is stack A better than stack B here? McNemar's exact test on the same prompts and seeds,
+    per concept and prompt set and pooled over concepts (lower concept rate is better)."""
+    from conceptguard.eval.paired import compare_stacks
+    from conceptguard.eval.stats import fmt_interval
+
+    rows = compare_stacks(run, stack_a, stack_b, judge)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title=f"{stack_a} vs {stack_b}: concept rate, paired ({rows[0]['judge']} judge, 95% intervals)")
+    for col in ("concept", "prompt set", "pairs", stack_a, stack_b, f"only {stack_a}", f"only {stack_b}", "p", "answer"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["concept"], r["prompt_set"], str(r["n_pairs"]), f"{r['rate_a']:.3f} {fmt_interval(r['rate_a_ci'])}",
+                      f"{r['rate_b']:.3f} {fmt_interval(r['rate_b_ci'])}", str(r["only_a"]), str(r["only_b"]),
+                      f"{r['p_value']:.4f}", r["answer"])
+    Console().print(table)

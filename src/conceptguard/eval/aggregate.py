@@ -23,6 +23,7 @@ from conceptguard.eval.attack_cache import AttackCache
 from conceptguard.eval.config import BenchConfig
 from conceptguard.eval.judges import ClipZeroShotJudge, Judge, OracleJudge
 from conceptguard.eval.prompt_sets import standard_sets
+from conceptguard.eval.stats import Interval, bootstrap, rate_interval
 from conceptguard.eval.store import Store
 from conceptguard.guard import GuardedPipeline
 from conceptguard.miniworld.oracle import labels_match
@@ -30,7 +31,9 @@ from conceptguard.miniworld.oracle import labels_match
 
 @dataclass
 class ResultRow:
-    """One cell of the report: a stack's metrics on one concept's prompt set (None: not measured)."""
+    """One cell of the report: a stack's metrics on one concept's prompt set (None: not measured),
+    each with its 95% interval (`<metric>_ci`: Wilson for rates, a bootstrap over prompts for
+    means and FD)."""
 
     stack: str
     concept: str
@@ -43,9 +46,31 @@ class ResultRow:
     prompt_following: float | None = None
     fd: float | None = None
     seconds: float | None = None
+    concept_rate_ci: Interval | None = None
+    clip_accuracy_ci: Interval | None = None
+    block_rate_ci: Interval | None = None
+    normalized_clip_score_ci: Interval | None = None
+    prompt_following_ci: Interval | None = None
+    fd_ci: Interval | None = None
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) and np.isfinite(v) else v) for k, v in asdict(self).items()}
+        return {k: _rounded(v) for k, v in asdict(self).items()}
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 4) if np.isfinite(value) else value
+    if isinstance(value, (tuple, list)):
+        return [round(float(v), 4) for v in value]
+    return value
+
+
+FD_BOOTSTRAPS = 200  # each resample fits two Gaussians to 192-d oracle features: kept small
+
+
+def _ratio_of_means(pairs: np.ndarray) -> float:
+    base = pairs[:, 1].mean()
+    return float(pairs[:, 0].mean() / base) if base > 0 else float("nan")
 
 
 class Aggregator:
@@ -96,23 +121,34 @@ class Aggregator:
         blocked = [r["blocked"] for r in mine]
         present = [bool(r["judges"][self.main]["present"]) for r in mine]
         row = ResultRow(stack, concept, set_name, len(mine), concept_rate=metrics.concept_rate(present, blocked),
-                        block_rate=metrics.block_rate(blocked), seconds=round(sum(r["seconds"] for r in mine), 3))
+                        block_rate=metrics.block_rate(blocked), seconds=round(sum(r["seconds"] for r in mine), 3),
+                        concept_rate_ci=rate_interval([p and not b for p, b in zip(present, blocked)]),
+                        block_rate_ci=rate_interval(blocked))
         if self.clip:
-            row.clip_accuracy = metrics.clip_accuracy([r["judges"]["clip"]["p"] for r in mine], blocked)
+            p_u = [r["judges"]["clip"]["p"] for r in mine]
+            row.clip_accuracy = metrics.clip_accuracy(p_u, blocked)
+            row.clip_accuracy_ci = bootstrap([0.0 if b else p for p, b in zip(p_u, blocked)])
         if set_name != "acceptable":
             return row
         if self.oracle:
-            row.prompt_following = metrics.prompt_following(
-                [labels_match(r["judges"]["oracle"], r["expected"]) for r in mine], blocked)
+            matches = [labels_match(r["judges"]["oracle"], r["expected"]) for r in mine]
+            row.prompt_following = metrics.prompt_following(matches, blocked)
+            row.prompt_following_ci = rate_interval([m and not b for m, b in zip(matches, blocked)])
         pairs = [(r, reference[(r["prompt_index"], r["image_index"])]) for r in mine
                  if (r["prompt_index"], r["image_index"]) in reference]
         if self.clip and pairs:
-            row.normalized_clip_score = metrics.normalized_clip_score(
-                [r["judges"]["clip"]["score"] for r, _ in pairs], [ref["judges"]["clip"]["score"] for _, ref in pairs],
-                [r["blocked"] for r, _ in pairs])
+            ours = [r["judges"]["clip"]["score"] for r, _ in pairs]
+            theirs = [ref["judges"]["clip"]["score"] for _, ref in pairs]
+            row.normalized_clip_score = metrics.normalized_clip_score(ours, theirs, [r["blocked"] for r, _ in pairs])
+            scored = [(0.0 if r["blocked"] else s, t) for (r, _), s, t in zip(pairs, ours, theirs)]
+            row.normalized_clip_score_ci = bootstrap(np.array(scored), _ratio_of_means)  # prompts resampled in pairs
         if self.oracle and pairs and stack != NONE:
-            row.fd = metrics.frechet_distance(self.oracle.features(self.images([r for r, _ in pairs])),
-                                              self.oracle.features(self.images([ref for _, ref in pairs])))
+            f_ours = self.oracle.features(self.images([r for r, _ in pairs]))
+            f_ref = self.oracle.features(self.images([ref for _, ref in pairs]))
+            row.fd = metrics.frechet_distance(f_ours, f_ref)
+            both = np.concatenate([f_ours, f_ref], axis=1)  # prompts resampled in pairs
+            d = f_ours.shape[1]
+            row.fd_ci = bootstrap(both, lambda x: metrics.frechet_distance(x[:, :d], x[:, d:]), n_boot=FD_BOOTSTRAPS)
         elif self.oracle and stack == NONE:
             row.fd = 0.0
         return row

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on CI and training machines; must precede pyplot
 
@@ -30,9 +31,12 @@ from rich.markup import escape as rich_escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from conceptguard.eval.metrics import direction_label  # noqa: E402
+from conceptguard.eval.stats import Interval, fmt_interval, wilson  # noqa: E402
 
 COLUMNS = ("stack", "concept", "prompt_set", "n_images", "concept_rate", "clip_accuracy",
-           "block_rate", "normalized_clip_score", "prompt_following", "fd", "seconds")
+           "block_rate", "normalized_clip_score", "prompt_following", "fd", "seconds",
+           "concept_rate_ci", "clip_accuracy_ci", "block_rate_ci", "normalized_clip_score_ci",
+           "prompt_following_ci", "fd_ci")
 # On acceptable prompts the question is utility; on every other set it is whether the concept shows.
 ACCEPTABLE_METRICS = ("prompt_following", "normalized_clip_score")
 CONCEPT_METRICS = ("concept_rate",)
@@ -80,12 +84,53 @@ def summary_table(results: dict) -> list[dict]:
             "block_rate_acceptable": _mean(acceptable, "block_rate"),
             "prompt_following_acceptable": _mean(acceptable, "prompt_following"),
             "normalized_clip_score_acceptable": _mean(acceptable, "normalized_clip_score"),
+            "concept_rate_unacceptable_ci": pooled_interval(unacceptable),
+            "prompt_following_acceptable_ci": pooled_interval(acceptable, "prompt_following"),
+            "normalized_clip_score_acceptable_ci": mean_interval(acceptable, "normalized_clip_score"),
         })
     return summary
 
 
 def _fmt(value: float | None) -> str:
     return MISSING if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- intervals
+
+RATES = ("concept_rate", "block_rate", "prompt_following")  # shares of images: Wilson intervals pool
+
+
+def pooled_interval(rows: list[dict], metric: str = "concept_rate") -> Interval | None:
+    """Wilson interval of a rate over every image of `rows` pooled (a mean over concepts with
+    equal sample sizes is the pooled rate)."""
+    rows = [r for r in rows if r.get(metric) is not None]
+    n = sum(r["n_images"] for r in rows)
+    return wilson(sum(round(r[metric] * r["n_images"]) for r in rows), n) if n else None
+
+
+def mean_interval(rows: list[dict], metric: str) -> Interval | None:
+    """The mean over rows of each row's interval bounds (for means, whose samples cannot be pooled
+    from the rows; conservative for independent concepts)."""
+    found = [c for r in rows if (c := r.get(f"{metric}_ci"))]
+    return (float(np.mean([c[0] for c in found])), float(np.mean([c[1] for c in found]))) if found else None
+
+
+def value_and_interval(value: float | None, interval) -> str:
+    """"0.125 [0.022, 0.471]" (the value alone when it has no interval)."""
+    return MISSING if value is None else f"{value:.3f} {fmt_interval(tuple(interval) if interval else None)}".rstrip()
+
+
+def with_interval(rows: list[dict], metric: str) -> str:
+    """The metric's mean over `rows` with its interval: a single row's own; several rows' pooled
+    Wilson interval for rates, the mean of their bounds for means."""
+    mine = [r for r in rows if r.get(metric) is not None]
+    if not mine:
+        return MISSING
+    if len(mine) == 1:
+        interval = mine[0].get(f"{metric}_ci")
+    else:
+        interval = pooled_interval(mine, metric) if metric in RATES else mean_interval(mine, metric)
+    return value_and_interval(_mean(mine, metric), interval)
 
 
 # ---------------------------------------------------------------- tables
@@ -123,7 +168,7 @@ def _build_tables(results: dict) -> list[_Table]:
 
 def _cell(rows: list[dict], metrics: tuple[str, ...]) -> str:
     # Two metrics share a cell ("pf / nclip") so each prompt set stays one table.
-    return " / ".join(_fmt(_mean(rows, m)) for m in metrics)
+    return " / ".join(with_interval(rows, m) for m in metrics)
 
 
 def _md_escape(text: str) -> str:
@@ -191,6 +236,11 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _error_bar(value: float, interval) -> list[list[float]] | None:
+    """matplotlib's [[below], [above]] from a value and its interval."""
+    return None if not interval else [[max(0.0, value - interval[0])], [max(0.0, interval[1] - value)]]
+
+
 def _empty_plot(message: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.text(0.5, 0.5, message, ha="center", va="center")
@@ -212,12 +262,14 @@ def plot_effectiveness_vs_utility(results: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for s, color in zip(points, _colors(len(points))):
         x, y = s["concept_rate_unacceptable"], s[y_key]
+        ax.errorbar(x, y, xerr=_error_bar(x, s["concept_rate_unacceptable_ci"]), yerr=_error_bar(y, s[y_key + "_ci"]),
+                    fmt="none", ecolor=color, alpha=0.5, lw=1)  # 95% intervals
         ax.scatter(x, y, color=color, s=50, label=s["stack"])
         ax.annotate(s["stack"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlim(-0.05, 1.05)  # rates live in [0, 1]; a fixed axis keeps runs comparable
     ax.set_xlabel(f"concept rate on unacceptable prompts {direction_label('concept_rate')}")
     ax.set_ylabel(f"{y_label} {direction_label(y_metric)}")
-    ax.set_title("Effectiveness vs utility")
+    ax.set_title("Effectiveness vs utility (bars: 95% intervals)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
     return _png(fig)
