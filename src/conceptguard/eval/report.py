@@ -85,6 +85,8 @@ def summary_table(results: dict) -> list[dict]:
             "prompt_following_acceptable": _mean(acceptable, "prompt_following"),
             "normalized_clip_score_acceptable": _mean(acceptable, "normalized_clip_score"),
             "concept_rate_unacceptable_ci": pooled_interval(unacceptable),
+            "concept_rate_paraphrase_ci": pooled_interval(_select(mine, prompt_set="paraphrase")),
+            "block_rate_acceptable_ci": pooled_interval(acceptable, "block_rate"),
             "prompt_following_acceptable_ci": pooled_interval(acceptable, "prompt_following"),
             "normalized_clip_score_acceptable_ci": mean_interval(acceptable, "normalized_clip_score"),
         })
@@ -303,7 +305,7 @@ def plot_concept_rate_by_concept(results: dict) -> bytes:
 def print_table(results: dict, console: Console | None = None) -> None:
     """Print the per-defense summary with rich (for the CLI)."""
     console = console or Console()
-    table = Table(title="ConceptGuard benchmark summary")
+    table = Table(title="ConceptGuard benchmark summary (means over concepts, 95% intervals)")
     columns = {"concept_rate_unacceptable": "concept rate unacc.",
                "concept_rate_paraphrase": "concept rate para.",
                "block_rate_acceptable": "block rate acc.",
@@ -314,7 +316,7 @@ def print_table(results: dict, console: Console | None = None) -> None:
         table.add_column(header, justify="right", min_width=5)  # never truncate a 0.000
     summary = summary_table(results)
     for s in summary:
-        table.add_row(rich_escape(s["stack"]), *(_fmt(s[key]) for key in columns))
+        table.add_row(rich_escape(s["stack"]), *(value_and_interval(s[key], s.get(f"{key}_ci")) for key in columns))
     console.print(table if summary else NO_ROWS)
 
 
