@@ -35,8 +35,4 @@ def get_attack(name: str, budget: str = "cpu") -> Attack:
     return cls(preset, **kwargs)
 
 
-def attack_names() -> tuple[str, ...]:
-    return ATTACKS.names()
-
-
-__all__ = ["ATTACKS", "BUDGETS", "Attack", "AttackResult", "AttackTarget", "Budget", "attack_names", "get_attack"]
+__all__ = ["ATTACKS", "BUDGETS", "Attack", "AttackResult", "AttackTarget", "Budget", "get_attack"]

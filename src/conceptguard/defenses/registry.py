@@ -159,9 +159,5 @@ def build_defenses(stack: str | DefenseStack, concept: Concept, ctx: BuildContex
     return [build_defense(name, concept, ctx) for name in DefenseStack.parse(stack).names]
 
 
-def known_defenses() -> tuple[str, ...]:
-    return (NONE, *DEFENSES.names())
-
-
 __all__ = ["DEFENSES", "NONE", "BuildContext", "ConfigError", "DefenseStack", "build_defense", "build_defenses",
-           "check_stack", "known_defenses"]
+           "check_stack"]

@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from conceptguard.attacks import ATTACKS, BUDGETS
+from conceptguard.attacks import ATTACKS
 from conceptguard.defenses.registry import NONE, check_stack
 from conceptguard.domain import Domain
 from conceptguard.domains import MINIWORLD, get_domain
@@ -122,4 +122,4 @@ def load_config(path: str | Path | None) -> BenchConfig:
         raise ConfigError(f"{path}: {field + ': ' if field else ''}{message}") from exc
 
 
-__all__ = ["BUDGETS", "DEFAULT_STACKS", "BenchConfig", "load_config"]
+__all__ = ["DEFAULT_STACKS", "BenchConfig", "load_config"]

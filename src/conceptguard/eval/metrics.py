@@ -36,20 +36,6 @@ METRICS = {m.name: m for m in (
 )}
 
 
-def better(metric: str, a: float, b: float) -> bool:
-    """Whether value `a` of `metric` is better than `b` (False for direction-less metrics)."""
-    direction = METRICS[metric].higher_is_better
-    return direction is not None and (a > b if direction else a < b)
-
-
-def meets(metric: str, value: float | None, bar: float) -> bool:
-    """Whether `value` of `metric` is at least as good as `bar` (a missing value never is)."""
-    direction = METRICS[metric].higher_is_better
-    if value is None or direction is None:
-        return False
-    return value >= bar if direction else value <= bar
-
-
 def direction_label(metric: str) -> str:
     """"(higher is better)" / "(lower is better)" for axis labels and table notes."""
     direction = METRICS[metric].higher_is_better
