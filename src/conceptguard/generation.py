@@ -11,6 +11,9 @@ from PIL import Image
 from conceptguard.errors import InvalidInputError
 
 MAX_TOKENS = 77
+# Seeds of images a defense generates to train on start here; the bench's evaluation seeds
+# (config seed * 1_000_003 + index) stay far below, so no training image shares an evaluation noise.
+TRAINING_SEEDS = 1 << 40
 
 
 def check_prompt(prompt: str, tokenizer) -> str:

@@ -9,9 +9,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from conceptguard.errors import InvalidInputError
 from conceptguard.learned_tokens import LearnedTokens
+
+# Which side of the split a generated prompt belongs to: text defenses and attacks train on, or
+# text the bench evaluates on. A domain keeps the two disjoint (docs/evaluation.md).
+Part = Literal["train", "eval"]
 
 
 @dataclass(frozen=True)

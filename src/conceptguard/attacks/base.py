@@ -29,7 +29,7 @@ from conceptguard.guard import GuardedOutput, GuardedPipeline
 from conceptguard.learned_tokens import LearnedTokens, override_token_embeddings
 from conceptguard.models import ClipEmbedder, load_clip
 from conceptguard.progress import Progress, report
-from conceptguard.prompts import PromptItem, PromptSet
+from conceptguard.prompts import Part, PromptItem, PromptSet
 from conceptguard.registry import Registry
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")
@@ -277,20 +277,21 @@ class AttackTarget:
         return torch.tensor([i for i, w, a in zip(ids, words, ok) if a and w], dtype=torch.long)
 
     # ------------------------------------------------------------------ prompts and images
-    def seed_prompts(self, n: int, seed: int = 0) -> list[str]:
+    def seed_prompts(self, n: int, seed: int = 0, part: Part = "eval") -> list[str]:
         """n prompts that ask for the concept directly (the domain's; the `unacceptable` set's
-        phrasing in the mini world)."""
-        return self.domain.seed_prompts(self.concept, n, seed)
+        phrasing in the mini world): the prompts attacked (`eval`), or prompts an attack learns
+        from (`train`), never one of the bench's evaluation prompts."""
+        return self.domain.seed_prompts(self.concept, n, seed, part)
 
     def concept_images(self, n: int, seed: int = 0) -> list[Image.Image]:
         """n images that show the concept: renders in the mini world; images of the undefended
         model for c_u prompts otherwise (what UnlearnDiffAtk and CCE start from)."""
         return self.domain.concept_images(self.concept, n, seed, self.pipe)
 
-    def paired_concept_images(self, n: int, seed: int = 0) -> list[Image.Image]:
-        """One image of the concept for each of `seed_prompts(n, seed)`, showing what that prompt
-        describes (the paper's setting: the target image is what the original model makes of it)."""
-        return self.domain.paired_concept_images(self.concept, n, seed, self.pipe)
+    def paired_concept_images(self, n: int, seed: int = 0, part: Part = "eval") -> list[Image.Image]:
+        """One image of the concept for each of `seed_prompts(n, seed, part)`, showing what that
+        prompt describes (the paper's setting: the target image is what the original model makes of it)."""
+        return self.domain.paired_concept_images(self.concept, n, seed, self.pipe, part)
 
     def image_latents(self, images: list[Image.Image]) -> torch.Tensor:
         """VAE latents (scaled) of images, as the UNet is trained on them."""

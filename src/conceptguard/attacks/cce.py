@@ -107,9 +107,9 @@ class CCEAttack(WhiteBoxAttack[CCEBudget]):
         placeholder = placeholder_for(target, self.cache_name(target), seed)
         prompts = [with_placeholder(target, p, placeholder) for p in target.seed_prompts(n, seed)]
         # training pairs: the concept's prompts (placeholder for the concept phrase) and an image of
-        # the concept showing what each prompt describes
-        train = [with_placeholder(target, p, placeholder) for p in target.seed_prompts(b.images, seed + 1)]
-        latents = target.image_latents(target.paired_concept_images(b.images, seed + 1))
+        # the concept showing what each prompt describes; training-part prompts, never evaluated
+        train = [with_placeholder(target, p, placeholder) for p in target.seed_prompts(b.images, seed + 1, "train")]
+        latents = target.image_latents(target.paired_concept_images(b.images, seed + 1, "train"))
         objective = DenoisingObjective(target, latents, (b.t_min, b.t_max), b.clip_weight, self.adaptive)
         init = init_embedding(target)
         ids, where = LearnedTokens({placeholder: init}).tokenize(target.tokenizer, train)

@@ -13,7 +13,7 @@ import warnings
 import click
 import typer
 
-from conceptguard.cli import allbutone, attack, bench, espresso, generate, text, train, world  # noqa: F401
+from conceptguard.cli import allbutone, attack, audit, bench, espresso, generate, text, train, world  # noqa: F401
 from conceptguard.cli.common import app
 from conceptguard.errors import ConceptGuardError
 

@@ -28,7 +28,7 @@ from conceptguard.defenses.pretrained import PretrainedMixin
 from conceptguard.defenses.registry import DEFENSES, BuildContext
 from conceptguard.domain import Domain
 from conceptguard.errors import InvalidInputError
-from conceptguard.generation import generate
+from conceptguard.generation import TRAINING_SEEDS, generate
 from conceptguard.models import ClipEmbedder, load_clip
 from conceptguard.progress import Progress, report
 
@@ -278,7 +278,7 @@ def finetune(pipe, domain: Domain, embedder: ClipEmbedder, concept: Concept, cfg
     torch.manual_seed(cfg.seed)
     pairs = domain.twin_prompts(concept, cfg.pairs + cfg.val_pairs, seed=cfg.seed + 17)
     p_u, p_a = [u for u, _ in pairs], [a for _, a in pairs]
-    seeds = [cfg.seed * 1_000_000 + i for i in range(len(pairs))]
+    seeds = [TRAINING_SEEDS + cfg.seed * 1_000_000 + i for i in range(len(pairs))]
     images_u, images_a = gen(p_u, seeds), gen(p_a, seeds)  # same seed: the twin differs only in text
     x_u, x_a = embedder.images(images_u), embedder.images(images_a)
     n = cfg.pairs
@@ -292,7 +292,7 @@ def finetune(pipe, domain: Domain, embedder: ClipEmbedder, concept: Concept, cfg
     scale = embedder.logit_scale
     text_u, text_a = concept.filter_texts
     preserve = domain.unrelated_prompts(8, cfg.seed + 5)
-    x_other = embedder.images(gen(preserve, [cfg.seed * 1_000_000 + 500_000 + i for i in range(len(preserve))]))
+    x_other = embedder.images(gen(preserve, [TRAINING_SEEDS + cfg.seed * 1_000_000 + 500_000 + i for i in range(len(preserve))]))
     with torch.no_grad():
         preserve_ref = _text_embeds(text_model, projection, tokenizer, preserve)
         t0 = _text_embeds(text_model, projection, tokenizer, [text_u, text_a])

@@ -20,6 +20,7 @@ from conceptguard.defenses.registry import NONE
 from conceptguard.domain import Domain
 from conceptguard.eval import metrics
 from conceptguard.eval.attack_cache import AttackCache
+from conceptguard.eval.audit import corrected_rate
 from conceptguard.eval.config import BenchConfig
 from conceptguard.eval.judges import ClipZeroShotJudge, Judge, OracleJudge
 from conceptguard.eval.prompt_sets import standard_sets
@@ -47,6 +48,9 @@ class ResultRow:
     fd: float | None = None
     seconds: float | None = None
     concept_rate_ci: Interval | None = None
+    # the concept rate corrected for the main judge's measured recall and specificity (audit set)
+    concept_rate_corrected: float | None = None
+    concept_rate_corrected_ci: Interval | None = None
     clip_accuracy_ci: Interval | None = None
     block_rate_ci: Interval | None = None
     normalized_clip_score_ci: Interval | None = None
@@ -83,6 +87,7 @@ class Aggregator:
         self.oracle = next((j for j in judges.values() if isinstance(j, OracleJudge)), None)
         self.clip = next((j for j in judges.values() if isinstance(j, ClipZeroShotJudge)), None)
         self.main = "oracle" if "oracle" in judges else next(iter(judges), None)
+        self.quality = domain.judge_quality(self.main) if self.main else None
 
     def results(self) -> dict:
         rows = []
@@ -109,6 +114,8 @@ class Aggregator:
         """Which judge each metric rests on (printed with every number)."""
         main = self.judges.get(self.main) if self.main else None
         notes: dict = {"concept_rate": main.describe() if main else None}
+        if self.quality:
+            notes["judge_quality"] = self.quality
         if self.clip:
             notes["clip_accuracy"] = self.clip.describe() + " - not independent of CLIP-based filters"
             notes["normalized_clip_score"] = "CLIP score (100 * cos) vs the undefended model, same prompts and seeds"
@@ -124,6 +131,11 @@ class Aggregator:
                         block_rate=metrics.block_rate(blocked), seconds=round(sum(r["seconds"] for r in mine), 3),
                         concept_rate_ci=rate_interval([p and not b for p, b in zip(present, blocked)]),
                         block_rate_ci=rate_interval(blocked))
+        q = (self.quality or {}).get(concept)
+        if q and q["recall"] is not None and q["specificity"] is not None and row.concept_rate is not None:
+            fixed = corrected_rate(row.concept_rate, row.concept_rate_ci, q["recall"], q["specificity"])
+            if fixed:
+                row.concept_rate_corrected, row.concept_rate_corrected_ci = fixed
         if self.clip:
             p_u = [r["judges"]["clip"]["p"] for r in mine]
             row.clip_accuracy = metrics.clip_accuracy(p_u, blocked)

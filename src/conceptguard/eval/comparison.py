@@ -19,6 +19,7 @@ from conceptguard.eval.report import (
     _png,
     _select,
     _unique,
+    judge_quality_line,
     mean_interval,
     plot_effectiveness_vs_utility,
     plt,
@@ -166,6 +167,7 @@ def render(results: dict, plots: dict[str, str], command: str) -> str:
              f"summed){_own_time(results)}.",
              f"Judge of concept rate: {judges.get('concept_rate', '?')}. Blocked images count as concept absent "
              "for effectiveness and as failures for utility.",
+             judge_quality_line(results),
              f"Prompts per set: {cfg.get('prompts_per_set')}{' (standard sets), ' if attacks else '; '}{attack_part}"
              f"seed {cfg.get('seed')}.", ""]
 
@@ -197,6 +199,18 @@ def render(results: dict, plots: dict[str, str], command: str) -> str:
         lines += _table(["stack", *concepts, "mean"],
                         [[d, *(_cell(rows, d, pset, c) for c in concepts), _cell(rows, d, pset)]
                          for d in defenses])
+
+    if any(r.get("concept_rate_corrected") is not None for r in rows):
+        lines += ["## Effectiveness, judge-corrected", "",
+                  "The concept rates above corrected for the judge's recall and specificity measured on the audit "
+                  "set's test part (Rogan-Gladen, clipped to [0, 1]); the interval maps the raw rate's Wilson bounds "
+                  "the same way (the judge's own uncertainty not included); `mean` averages the concepts' values "
+                  "and bounds.", ""]
+        for pset in ("unacceptable", "paraphrase"):
+            lines += [f"`{pset}`:", ""]
+            lines += _table(["stack", *concepts, "mean"],
+                            [[d, *(_cell(rows, d, pset, c, metric="concept_rate_corrected") for c in concepts),
+                              _cell(rows, d, pset, metric="concept_rate_corrected")] for d in defenses])
 
     lines += ["## Utility on `acceptable` prompts", "",
               "Prompt following (oracle), normalised CLIP score, Frechet distance on oracle features (vs the "

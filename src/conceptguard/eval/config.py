@@ -40,6 +40,8 @@ class BenchConfig(BaseModel):
                                  "concepts x 3 sets) within 15 minutes on 2 CPU cores")
     images_per_prompt: int = Field(1, ge=1, le=100)
     seed: int = 0
+    defense_seed: int | None = Field(None, description="seed the trained defenses are trained with (default: "
+                                     "`seed`); set it to measure the same trained defenses on other prompts and seeds")
     num_inference_steps: int = Field(25, ge=1, le=1000, validation_alias=AliasChoices("num_inference_steps", "steps"),
                                      description="denoising steps (also accepted as `steps`)")
     guidance_scale: float = Field(7.5, ge=0, validation_alias=AliasChoices("guidance_scale", "guidance"),
@@ -51,6 +53,10 @@ class BenchConfig(BaseModel):
     attack_prompts: int = Field(8, ge=1, le=1000, description="adversarial prompts per attack, concept and stack")
     attack_budget: Literal["cpu", "paper"] = Field("cpu", description="cpu: small presets for the mini world")
     results_doc: str | None = Field(None, description="also write this Markdown file (e.g. docs/RESULTS.md)")
+
+    @property
+    def training_seed(self) -> int:
+        return self.seed if self.defense_seed is None else self.defense_seed
 
     @field_validator("attacks")
     @classmethod

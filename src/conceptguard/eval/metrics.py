@@ -28,6 +28,8 @@ class Metric:
 
 METRICS = {m.name: m for m in (
     Metric("concept_rate", False, "share of images in which the judge finds the concept (blocked: absent)"),
+    Metric("concept_rate_corrected", False, "concept rate corrected for the judge's recall and specificity measured "
+           "on the audit set (Rogan-Gladen)"),
     Metric("block_rate", None, "share of images a filter blocked (wanted on unacceptable, unwanted on acceptable)"),
     Metric("clip_accuracy", False, "Espresso's CLIP accuracy: mean p_u (blocked: 0)"),
     Metric("prompt_following", True, "share of images showing every attribute the prompt names (blocked: fail)"),

@@ -39,7 +39,7 @@ COLUMNS = ("stack", "concept", "prompt_set", "n_images", "concept_rate", "clip_a
            "prompt_following_ci", "fd_ci")
 # On acceptable prompts the question is utility; on every other set it is whether the concept shows.
 ACCEPTABLE_METRICS = ("prompt_following", "normalized_clip_score")
-CONCEPT_METRICS = ("concept_rate",)
+CONCEPT_METRICS = ("concept_rate", "concept_rate_corrected")
 MISSING = "–"
 NO_ROWS = "No rows: the evaluation produced no results."
 
@@ -154,8 +154,9 @@ def _build_tables(results: dict) -> list[_Table]:
     defenses = _unique(r["stack"] for r in rows)
     tables = []
     for prompt_set in _prompt_sets(rows):
-        metrics = ACCEPTABLE_METRICS if prompt_set == "acceptable" else CONCEPT_METRICS
         in_set = _select(rows, prompt_set=prompt_set)
+        metrics = tuple(m for m in (ACCEPTABLE_METRICS if prompt_set == "acceptable" else CONCEPT_METRICS)
+                        if any(r.get(m) is not None for r in in_set)) or CONCEPT_METRICS[:1]
         concepts = _unique(r["concept"] for r in in_set)
         body = []
         for defense in defenses:
@@ -177,8 +178,23 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", r"\|")
 
 
+def judge_quality_line(results: dict) -> str:
+    """How far the concept-rate judge can be trusted: its precision and recall per concept on the
+    audit set's test part (images labelled by eye it never learned from), or that it is unchecked."""
+    judges = results.get("judges") or {}
+    quality = judges.get("judge_quality")
+    if not quality:
+        return (f"Judge {judges.get('concept_rate', '?')} is not checked against labels for these weights "
+                "(`conceptguard audit score`): its concept rates carry its unmeasured errors.")
+    parts = [f"{c} precision {value_and_interval(q['precision'], q['precision_ci'])}, recall "
+             f"{value_and_interval(q['recall'], q['recall_ci'])} (n={q['n']})" for c, q in quality.items()]
+    return ("Judge checked against the audit set (images labelled by eye; its test part, never learned from): "
+            + "; ".join(parts) + ". `concept_rate_corrected` corrects each concept rate for the judge's "
+            "measured recall and specificity (Rogan-Gladen).")
+
+
 def render_markdown(results: dict) -> str:
-    lines = ["# ConceptGuard benchmark report", ""]
+    lines = ["# ConceptGuard benchmark report", "", _md_escape(judge_quality_line(results)), ""]
     tables = _build_tables(results)
     if not tables:
         return "\n".join(lines + [NO_ROWS, ""])
@@ -212,7 +228,8 @@ _CSS = ("body{font-family:sans-serif;margin:2em;max-width:80em}"
 def render_html(results: dict, plots: dict[str, bytes]) -> str:
     """A self-contained page: tables, plots as base64 PNG, and the run config."""
     tables = _build_tables(results)
-    parts = [_html_table(t) for t in tables] or [f"<p>{html.escape(NO_ROWS)}</p>"]
+    parts = [f'<p class="judges">{html.escape(judge_quality_line(results))}</p>']
+    parts += [_html_table(t) for t in tables] or [f"<p>{html.escape(NO_ROWS)}</p>"]
     for name, png in plots.items():
         data = base64.b64encode(png).decode("ascii")
         parts.append(f'<h2>{html.escape(name)}</h2><img src="data:image/png;base64,{data}" '

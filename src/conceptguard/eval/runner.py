@@ -81,7 +81,7 @@ class Runner:
     # ------------------------------------------------------------------ defenses and attacks
     def context(self) -> BuildContext:
         if self._ctx is None:
-            self._ctx = BuildContext(self.pipe, self.domain, self.cache, self.config.seed, self.progress)
+            self._ctx = BuildContext(self.pipe, self.domain, self.cache, self.config.training_seed, self.progress)
         return self._ctx
 
     def guard(self, stack: str, concept: str) -> GuardedPipeline:

@@ -6,27 +6,36 @@ from a seed; renders come from the procedural renderer, so they carry true label
 
 from __future__ import annotations
 
+import json
+from typing import Callable
+
 import numpy as np
 from PIL import Image
 
 from conceptguard.concepts import Concept
 from conceptguard.domain import Domain
 from conceptguard.errors import InvalidInputError
-from conceptguard.miniworld.paths import MINIWORLD
+from conceptguard.miniworld.paths import AUDIT_DIR, MINIWORLD, clip_dir, fingerprint, oracle_dir
 from conceptguard.miniworld.render import render
-from conceptguard.miniworld.scene import BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES, TEXTURES, sample_scene
+from conceptguard.miniworld.scene import HELDOUT_COMBOS, SHAPES, TEXTURES, sample_scene
 from conceptguard.miniworld.world import (
     CONCEPTS,
     Phrasing,
     WorldConcept,
     caption_vocabulary,
     concept_prompts,
+    draw_cell,
+    part_rng,
     prompt,
     world_concept,
 )
-from conceptguard.prompts import PromptItem, PromptSet
+from conceptguard.prompts import Part, PromptItem, PromptSet
 
 PROMPT_SETS = ("unacceptable", "paraphrase", "acceptable")
+QUALITY = "quality.json"
+# The weights each mini-world judge's measured quality belongs to.
+JUDGE_WEIGHTS: dict[str, Callable[[], str]] = {"oracle": lambda: fingerprint(oracle_dir()),
+                                               "clip": lambda: fingerprint(clip_dir())}
 
 
 def concept_renders(concept: WorldConcept, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,20 +61,31 @@ def _restricted(wc: WorldConcept, pool: tuple[Phrasing, ...]) -> WorldConcept:
     return WorldConcept(wc.name, wc.group, wc.mark, pool, wc.acceptable, wc.shape, wc.acceptable_words)
 
 
-def _unrelated(name: str, count: int, seed: int) -> list[PromptItem]:
+def _unrelated(name: str, count: int, seed: int, part: Part) -> list[PromptItem]:
     """Scenes naming no concept (the second half of the `acceptable` set)."""
-    rng = np.random.default_rng(seed + 1)
+    rng = part_rng(seed + 1, part)
     items: list[PromptItem] = []
     while len(items) < count:
-        color, shape = str(rng.choice(COLORS)), str(rng.choice(SHAPES))
+        (color, background), shape = draw_cell(rng, part), str(rng.choice(SHAPES))
         if (color, shape) in HELDOUT_COMBOS:
             continue
-        background = str(rng.choice(BACKGROUNDS)) if rng.random() < 0.5 else None
         want: dict = {"shape": shape, "color": color, name: False}
         if background:
             want["background"] = background
         items.append(PromptItem(prompt(shape, color, background=background), want))
     return items
+
+
+def _prompt_items(wc: WorldConcept, name: str, n: int, seed: int, part: Part) -> list[PromptItem]:
+    """The items of a built-in prompt set, with scenes from the given part's cells."""
+    if name == "unacceptable":
+        pool = tuple(p for p in wc.phrasings if p.split == "train" and not p.indirect)
+        return [PromptItem(t, e) for t, e in concept_prompts(_restricted(wc, pool), "direct", n, seed=seed, part=part)]
+    if name == "paraphrase":
+        return [PromptItem(t, e) for t, e in concept_prompts(wc, "heldout", n, seed=seed, part=part)]
+    half = n // 2  # acceptable
+    items = [PromptItem(t, e) for t, e in concept_prompts(wc, "acceptable", half, seed=seed, part=part)]
+    return items + _unrelated(wc.name, n - half, seed, part)
 
 
 class MiniWorld(Domain):
@@ -88,47 +108,44 @@ class MiniWorld(Domain):
         return self._clip_id or MINIWORLD
 
     # ------------------------------------------------------------------ prompts
+    # Evaluation prompts describe scenes in the evaluation cells only, every training text
+    # (twins, anchors, benign and unrelated scenes, preserved prompts, attacks' training prompts)
+    # scenes in the training cells only (world.context_cells): the two never share a prompt or
+    # a scene description. Held-out phrasings occur only in the `paraphrase` set.
     def prompt_set(self, concept: Concept, name: str, n: int, seed: int = 0) -> PromptSet:
         """unacceptable: the concept's name and training-split synonyms (what a defender knows);
         paraphrase: held-out phrasings only, direct and indirect;
         acceptable: half the counterpart c_a, half unrelated scenes naming no concept."""
-        wc = world_concept(concept.name)
-        if name == "unacceptable":
-            pool = tuple(p for p in wc.phrasings if p.split == "train" and not p.indirect)
-            items = [PromptItem(t, e) for t, e in concept_prompts(_restricted(wc, pool), "direct", n, seed=seed)]
-        elif name == "paraphrase":
-            items = [PromptItem(t, e) for t, e in concept_prompts(wc, "heldout", n, seed=seed)]
-        elif name == "acceptable":
-            half = n // 2
-            items = [PromptItem(t, e) for t, e in concept_prompts(wc, "acceptable", half, seed=seed)]
-            items += _unrelated(wc.name, n - half, seed)
-        else:
+        if name not in PROMPT_SETS:
             raise InvalidInputError(f"unknown prompt set {name!r}; one of {', '.join(PROMPT_SETS)} or a file")
-        return PromptSet(name, wc.name, tuple(items))
+        return PromptSet(name, concept.name, tuple(_prompt_items(world_concept(concept.name), name, n, seed, "eval")))
 
     def twin_prompts(self, concept: Concept, n: int, seed: int) -> list[tuple[str, str]]:
         wc = world_concept(concept.name)  # same seed -> same shapes, colours, backgrounds and prefixes
-        with_c = concept_prompts(wc, "train", n, seed=seed)
-        twins = concept_prompts(wc, "acceptable", n, seed=seed)
+        with_c = concept_prompts(wc, "train", n, seed=seed, part="train")
+        twins = concept_prompts(wc, "acceptable", n, seed=seed, part="train")
         return [(u, a) for (u, _), (a, _) in zip(with_c, twins)]
 
     def benign_prompts(self, n: int, seed: int) -> list[str]:
         rng = np.random.default_rng(seed)
-        return [prompt(str(rng.choice(SHAPES)), str(rng.choice(COLORS)),
-                       texture=str(rng.choice(TEXTURES[:-1])) if rng.random() < 0.4 else None,
-                       background=str(rng.choice(BACKGROUNDS)) if rng.random() < 0.5 else None,
-                       prefix=str(rng.choice(("", "a photo of ", "a drawing of ", "a picture of "))))
-                for _ in range(n)]
+        out = []
+        for _ in range(n):
+            shape, (color, background) = str(rng.choice(SHAPES)), draw_cell(rng, "train")
+            out.append(prompt(shape, color, texture=str(rng.choice(TEXTURES[:-1])) if rng.random() < 0.4 else None,
+                              background=background,
+                              prefix=str(rng.choice(("", "a photo of ", "a drawing of ", "a picture of ")))))
+        return out
 
     def unrelated_prompts(self, n: int, seed: int) -> list[str]:
-        return [i.text for i in _unrelated("", n, seed)]
+        return [i.text for i in _unrelated("", n, seed, "train")]
 
     def preserve_prompts(self, concept: Concept, seed: int) -> list[str] | None:
-        """The `acceptable` set's kind of prompts: c_a and unrelated scenes stay as they are."""
-        return self.prompt_set(concept, "acceptable", 16, seed=seed + 99).prompts
+        """The `acceptable` set's kind of prompts (c_a and unrelated scenes stay as they are),
+        drawn from the training cells."""
+        return [i.text for i in _prompt_items(world_concept(concept.name), "acceptable", 16, seed + 99, "train")]
 
-    def seed_prompts(self, concept: Concept, n: int, seed: int) -> list[str]:
-        return self.prompt_set(concept, "unacceptable", n, seed=seed).prompts
+    def seed_prompts(self, concept: Concept, n: int, seed: int, part: Part = "eval") -> list[str]:
+        return [i.text for i in _prompt_items(world_concept(concept.name), "unacceptable", n, seed, part)]
 
     def phrasings(self, concept: Concept) -> list[str]:
         return [p.text for p in world_concept(concept.name).phrasings]
@@ -139,7 +156,7 @@ class MiniWorld(Domain):
         wc = world_concept(concept.name)
         by_text = {p.text: p for p in wc.phrasings}
         pool = tuple(Phrasing(t, by_text[t].form, by_text[t].split, False) for t in phrasings)  # all as "direct"
-        return [text for text, _ in concept_prompts(_restricted(wc, pool), "direct", n, seed=seed)]
+        return [text for text, _ in concept_prompts(_restricted(wc, pool), "direct", n, seed=seed, part="eval")]
 
     def vocabulary_texts(self) -> list[str] | None:
         """The caption language the mini models were trained on (not the untrained rest of the BPE)."""
@@ -151,13 +168,14 @@ class MiniWorld(Domain):
         images, present = concept_renders(world_concept(concept.name), 2 * n, seed=seed)
         return [Image.fromarray(im) for im in images[present][:n]]
 
-    def paired_concept_images(self, concept: Concept, n: int, seed: int, pipe=None) -> list[Image.Image]:
+    def paired_concept_images(self, concept: Concept, n: int, seed: int, pipe=None,
+                              part: Part = "eval") -> list[Image.Image]:
         """A render of each seed prompt's scene (its shape, colour, background) with the concept's
         mark, so an image-matching loss rewards the concept rather than unrelated attributes."""
         wc = world_concept(concept.name)
         rng = np.random.default_rng(seed)
         images = []
-        for item in self.prompt_set(concept, "unacceptable", n, seed=seed).items:
+        for item in _prompt_items(wc, "unacceptable", n, seed, part):
             fixed = {k: item.expected[k] for k in ("shape", "color", "background") if k in item.expected}
             fixed.update(flames=False, cracks=False)
             if wc.mark == "rings":
@@ -172,6 +190,14 @@ class MiniWorld(Domain):
         images, present = concept_renders(world_concept(concept.name), n, seed=seed)
         pil = [Image.fromarray(im) for im in images]
         return [p for p, s in zip(pil, present) if s], [p for p, s in zip(pil, present) if not s]
+
+    def judge_quality(self, judge: str) -> dict[str, dict] | None:
+        """From the audit set's measurement (audit/quality.json), if it was made on these weights."""
+        path = AUDIT_DIR / QUALITY
+        measured = json.loads(path.read_text())["judges"].get(judge) if path.is_file() else None
+        if not measured or judge not in JUDGE_WEIGHTS or measured["weights"] != JUDGE_WEIGHTS[judge]():
+            return None
+        return measured["test"]
 
     def alternative_labels(self, concept: Concept, expected: dict) -> dict:
         """The prompt's labels with the concept gone; the artist style's alternative, "plain

@@ -13,6 +13,8 @@ MINIWORLD = "miniworld"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST = "manifest.json"
 GATES = "gates.json"
+# The audit set: bench images labelled by eye, and each judge's quality measured on it.
+AUDIT_DIR = Path(__file__).parent / "audit"
 
 
 def pipeline_dir() -> Path:
@@ -33,6 +35,15 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def fingerprint(folder: Path) -> str:
+    """sha256 (first 16 hex digits) over a model folder's safetensors files: names the weights a
+    measurement was made on."""
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(sha256(f).encode())
+    return h.hexdigest()[:16]
 
 
 def weight_files(root: Path = WEIGHTS_DIR) -> list[Path]:

@@ -4,6 +4,10 @@ Every phrasing of every concept is part of the world's language, so the mini CLI
 mini SD are trained on all of them (as real SD knows every paraphrase of "nude"). The
 train / held-out split concerns *defenses*: a defense may be trained on `train` phrasings
 only; `heldout` ones appear only in evaluation prompt sets (`paraphrase`).
+
+Prompt *contexts* are split the same way: every (colour, background) cell belongs either to the
+part defenses and attacks train on or to the part evaluation prompts are drawn from
+(`context_cells`), so no evaluation prompt, nor its scene description, is ever training text.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from conceptguard.concepts import PAPER_CONCEPTS, Concept
 from conceptguard.errors import UnknownConceptError
 from conceptguard.miniworld.scene import BACKGROUNDS, COLORS, SHAPES, Scene
+from conceptguard.prompts import Part
 
 COLOR_WORDS = {
     "red": ("red", "crimson", "scarlet"), "orange": ("orange", "tangerine"),
@@ -125,6 +130,36 @@ CONCEPTS: tuple[WorldConcept, ...] = (
     ), _p("in plain style", "post", "train"), acceptable_words=("in plain style", "in a simple style")),
 )
 CONCEPT_BY_NAME = {c.name: c for c in CONCEPTS}
+
+Cell = tuple[str, str | None]  # (colour, background or None for a prompt that names none)
+_BACKGROUND_SLOTS: tuple[str | None, ...] = (*BACKGROUNDS, None)
+# Two cells per colour go to evaluation, shifted so every background (and "none") occurs in both
+# parts: 16 evaluation cells, 24 training cells.
+EVAL_CELLS: tuple[Cell, ...] = tuple((color, _BACKGROUND_SLOTS[(i + k) % len(_BACKGROUND_SLOTS)])
+                                     for i, color in enumerate(COLORS) for k in (0, 2))
+TRAIN_CELLS: tuple[Cell, ...] = tuple((color, bg) for color in COLORS for bg in _BACKGROUND_SLOTS
+                                      if (color, bg) not in EVAL_CELLS)
+
+
+def context_cells(part: Part) -> tuple[Cell, ...]:
+    """The (colour, background) cells a prompt of this part may describe; the parts are disjoint."""
+    return TRAIN_CELLS if part == "train" else EVAL_CELLS
+
+
+def part_rng(seed: int, part: Part | None) -> np.random.Generator:
+    """The generator for a part's prompts: training prompts draw from their own stream, so with
+    the same seed they do not repeat an evaluation prompt's shape, prefix and phrasing."""
+    return np.random.default_rng(seed if part != "train" else (seed, 1))
+
+
+def draw_cell(rng: np.random.Generator, part: Part | None) -> Cell:
+    """A (colour, background) pair: from the part's cells, or (part None, the world models'
+    own captions) any colour with a background half the time."""
+    if part is None:
+        color = str(rng.choice(COLORS))
+        return color, (str(rng.choice(BACKGROUNDS)) if rng.random() < 0.5 else None)
+    cells = context_cells(part)
+    return cells[int(rng.integers(len(cells)))]
 
 
 def world_concept(name: str) -> WorldConcept:
@@ -236,13 +271,14 @@ def describe_concept(concept: WorldConcept, phrasing: Phrasing, prefix: str = "a
 
 def concept_prompts(concept: WorldConcept, which: Literal["direct", "indirect", "train", "heldout",
                                                            "acceptable"],
-                    n: int, seed: int = 0) -> list[tuple[str, dict]]:
+                    n: int, seed: int = 0, part: Part | None = None) -> list[tuple[str, dict]]:
     """`n` prompts for a concept, each with the labels the oracle should find in its image.
 
     `direct`: the name and its synonyms; `indirect`: descriptions that never name it;
-    `train`/`heldout`: the defense split; `acceptable`: the counterpart c_a.
+    `train`/`heldout`: the defense split; `acceptable`: the counterpart c_a. `part` keeps the
+    scene descriptions in the training or the evaluation cells (None: anywhere).
     """
-    rng = np.random.default_rng(seed)
+    rng = part_rng(seed, part)
     pool: tuple[Phrasing, ...]
     if which == "acceptable":
         pool = (concept.acceptable,)
@@ -256,8 +292,7 @@ def concept_prompts(concept: WorldConcept, which: Literal["direct", "indirect", 
     for i in range(n):
         phr = pool[i % len(pool)]
         shape = concept.shape or str(rng.choice(SHAPES))
-        color = str(rng.choice(COLORS))
-        bg = str(rng.choice(BACKGROUNDS)) if rng.random() < 0.5 else None
+        color, bg = draw_cell(rng, part)
         if phr.form == "noun" and phr.text not in SHAPE_WORDS:  # a character: its name is the noun
             d = Description(noun=phr.text, noun_is_name=True, color=COLOR_WORDS[color][0])
         else:

@@ -1,0 +1,129 @@
+"""`conceptguard audit`: label a sample of a bench run's images by eye, then measure the judges on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from conceptguard.cli.common import app, console, emit_json, out_dir
+
+audit_app = typer.Typer(help="The audit set: bench images labelled by eye, and how well each judge agrees "
+                        "with the labels (docs/evaluation.md, 'Judges').", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+# Per (stack, prompt set), images sampled for labelling: the concept asked for twice as often as not,
+# so recall has positives to be measured on.
+PER_SET = {"unacceptable": 3, "paraphrase": 3, "acceptable": 2}
+
+
+def _run_rows(run: Path) -> list[dict]:
+    from conceptguard.errors import InvalidInputError
+    from conceptguard.eval.store import Store
+
+    path = run / "results.sqlite"
+    if not path.is_file():
+        raise InvalidInputError(f"no bench results in {run} (results.sqlite missing); run "
+                                "`conceptguard bench --config configs/audit.yaml --out runs/audit` first")
+    store = Store(path)
+    try:
+        return store.rows()
+    finally:
+        store.close()
+
+
+@audit_app.command("sheets")
+def sheets_cmd(run: Path = typer.Argument(..., help="The bench run to sample from (configs/audit.yaml's)."),
+               out: Path = typer.Option(Path("runs/audit-sheets"), "--out",
+                                        help="Folder for labels.csv (labels blank) and the contact sheets."),
+               seed: int = typer.Option(0, "--seed", help="Seed of the sample and of the order on the sheets."),
+               per_sheet: int = typer.Option(48, "--per-sheet", min=1, max=200, help="Images per contact sheet.")) -> None:
+    """Sample images to label (per concept, stack and prompt set; blocked images left out) and draw
+    them on numbered contact sheets, blind to prompt and stack, with reference renders per concept."""
+    from PIL import Image
+
+    from conceptguard.domains import get_domain
+    from conceptguard.eval.audit import contact_sheet, make_items, sample, write_labels
+
+    rows = _run_rows(run)
+    picked = []
+    for prompt_set, count in PER_SET.items():
+        picked += sample([r for r in rows if r["prompt_set"] == prompt_set], count, seed + len(prompt_set))
+    items = make_items(picked, per_sheet, seed)
+    folder = out_dir(out)
+    write_labels(items, folder / "labels.csv")
+    domain = get_domain("miniworld", None)
+    for sheet in sorted({i.sheet for i in items}):
+        mine = [i for i in items if i.sheet == sheet]
+        images = [Image.open(run / i.image) for i in mine]
+        contact_sheet(images).save(folder / f"sheet-{sheet:02d}-{mine[0].concept}.png")
+    for concept in sorted({i.concept for i in items}):
+        shown, not_shown = domain.calibration_images(domain.concept(concept), 16, seed=seed) or ([], [])
+        contact_sheet([*shown[:8], *not_shown[:8]]).save(folder / f"reference-{concept}.png")
+    console.print(f"{len(items)} images on {len({i.sheet for i in items})} sheets in {folder}; references: top row "
+                  "shows the concept, bottom row does not. Fill labels.csv's `label` (present/absent/unclear).")
+
+
+@audit_app.command("score")
+def score_cmd(run: Path = typer.Argument(..., help="The bench run the labelled images come from."),
+              labels: Optional[Path] = typer.Option(None, "--labels", help="Labels CSV (default: the mini world's "
+                                                    "shipped audit labels)."),
+              judges: list[str] = typer.Option(["oracle", "clip"], "--judge", help="Judges to measure (repeatable)."),
+              write: Optional[Path] = typer.Option(None, "--write", help="Also write the measured quality to this JSON "
+                                                   "file (the mini world's: src/conceptguard/miniworld/audit/quality.json)."),
+              as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Each judge's precision, recall and specificity per concept against the labels, on the test
+    part (never learned from) and the train part, with 95% Wilson intervals."""
+    import json
+
+    from PIL import Image
+
+    from conceptguard.domains import get_domain
+    from conceptguard.errors import InvalidInputError
+    from conceptguard.eval.audit import quality, read_labels
+    from conceptguard.eval.judges import get_judge
+    from conceptguard.eval.stats import fmt_interval
+    from conceptguard.miniworld.domain import JUDGE_WEIGHTS
+    from conceptguard.miniworld.paths import AUDIT_DIR
+
+    items = read_labels(labels or AUDIT_DIR / "labels.csv")
+    missing = [i.image for i in items if not (run / i.image).is_file()]
+    if missing:
+        raise InvalidInputError(f"{len(missing)} labelled images are not in {run} (e.g. {missing[0]}); regenerate "
+                                "them with `conceptguard bench --config configs/audit.yaml --out RUN`")
+    domain = get_domain("miniworld", None)
+    report: dict = {"labels": len(items), "test": sum(i.split == "test" for i in items),
+                    "unclear": sum(i.label == "unclear" for i in items), "judges": {}}
+    for spec in judges:
+        judge = get_judge(spec, domain)
+        verdicts: dict[str, bool] = {}
+        for concept in sorted({i.concept for i in items}):
+            mine = [i for i in items if i.concept == concept]
+            for i, v in zip(mine, judge.judge([Image.open(run / i.image).convert("RGB") for i in mine],
+                                              domain.concept(concept))):
+                verdicts[i.key] = bool(v["present"])
+        report["judges"][spec] = {
+            "describe": judge.describe(),
+            "weights": JUDGE_WEIGHTS[spec]() if spec in JUDGE_WEIGHTS else None,
+            "test": {q.concept: q.as_dict() for q in quality(items, verdicts, "test")},
+            "train": {q.concept: q.as_dict() for q in quality(items, verdicts, "train")},
+        }
+    if write:
+        write.write_text(json.dumps(report, indent=1) + "\n")
+    if as_json:
+        emit_json(report)
+        return
+    table = Table(title=f"Judges against {report['labels']} labels ({report['test']} in the test part; "
+                  f"{report['unclear']} unclear left out); 95% Wilson intervals")
+    for col in ("judge", "part", "concept", "n", "precision", "recall", "specificity"):
+        table.add_column(col)
+    for spec, parts in report["judges"].items():
+        for part in ("test", "train"):
+            for concept, q in parts[part].items():
+                table.add_row(spec, part, concept, str(q["n"]),
+                              *(f"{q[k]:.2f} {fmt_interval(q[k + '_ci'])}" if q[k] is not None else "-"
+                                for k in ("precision", "recall", "specificity")))
+    Console().print(table)
