@@ -9,7 +9,7 @@ import pytest
 
 from conceptguard.errors import InvalidInputError
 from conceptguard.eval.audit import AuditItem, Quality, corrected_rate, quality, read_labels, split_of, write_labels
-from tests.conftest import run_cli
+from conftest import run_cli
 
 
 def _item(key: str, concept: str, label: str) -> AuditItem:
@@ -20,6 +20,17 @@ def test_the_split_is_fixed_by_the_key_and_about_half():
     keys = [f"k{i}" for i in range(2000)]
     assert [split_of(k) for k in keys] == [split_of(k) for k in keys]
     assert 900 < sum(split_of(k) == "test" for k in keys) < 1100
+
+
+def test_the_sample_of_one_concept_does_not_depend_on_the_others():
+    from conceptguard.eval.audit import make_items, sample
+
+    rows = [{"key": f"{c}-{s}-{i}", "concept": c, "stack": s, "prompt_set": "unacceptable", "prompt": "p", "seed": i,
+             "image": "x.png", "blocked": i == 0} for c in ("burning", "zorbo") for s in ("none", "uce") for i in range(9)]
+    alone = make_items(sample([r for r in rows if r["concept"] == "zorbo"], 3, 0), 4, 0)
+    together = [i for i in make_items(sample(rows, 3, 0), 4, 0) if i.concept == "zorbo"]
+    assert alone == together and len(alone) == 6 and not any(i.key.endswith("-0") for i in alone)
+    assert [(i.sheet, i.tile) for i in alone] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)]
 
 
 def test_quality_counts_against_labels_on_one_part_only():
@@ -71,7 +82,7 @@ def test_sheets_then_labels_then_score_through_the_cli(tmp_path):
     done = run_cli("audit", "sheets", str(run), "--out", str(tmp_path / "s"), "--per-sheet", "10")
     assert done.returncode == 0, done.stderr
     items = read_labels_blank(tmp_path / "s" / "labels.csv")
-    assert len(items) == 16 and (tmp_path / "s" / "sheet-00-burning.png").is_file()
+    assert len(items) == 16 and (tmp_path / "s" / "sheet-burning-0.png").is_file()
     assert (tmp_path / "s" / "reference-burning.png").is_file()
     # label every image as the prompt asked (a stand-in for looking): unacceptable/paraphrase present
     labelled = [AuditItem(**{**i.__dict__, "label": "absent" if i.prompt_set == "acceptable" else "present"})
@@ -94,3 +105,16 @@ def read_labels_blank(path):
     filled = [text[0]] + [line + "unclear" for line in text[1:]]
     path.with_name("filled.csv").write_text("\n".join(filled) + "\n")
     return read_labels(path.with_name("filled.csv"))
+
+
+def test_the_shipped_labels_and_their_measurement_belong_to_the_shipped_judges():
+    from conceptguard.miniworld.domain import JUDGE_WEIGHTS, QUALITY, MiniWorld
+    from conceptguard.miniworld.paths import AUDIT_DIR
+
+    items = read_labels(AUDIT_DIR / "labels.csv")  # splits checked against the keys while reading
+    assert len({i.key for i in items}) == len(items) and {i.split for i in items} == {"train", "test"}
+    measured = json.loads((AUDIT_DIR / QUALITY).read_text())
+    assert measured["labels"] == len(items)
+    for judge in ("oracle", "clip"):
+        assert measured["judges"][judge]["weights"] == JUDGE_WEIGHTS[judge](), f"re-run `audit score` for {judge}"
+        assert set(MiniWorld().judge_quality(judge)) == {i.concept for i in items}

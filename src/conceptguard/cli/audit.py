@@ -15,9 +15,10 @@ audit_app = typer.Typer(help="The audit set: bench images labelled by eye, and h
                         "with the labels (docs/evaluation.md, 'Judges').", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-# Per (stack, prompt set), images sampled for labelling: the concept asked for twice as often as not,
-# so recall has positives to be measured on.
-PER_SET = {"unacceptable": 3, "paraphrase": 3, "acceptable": 2}
+# Per (stack, prompt set), images sampled for labelling: every image that asks for the concept
+# (configs/audit.yaml makes 6 a set), so recall has positives to be measured on even where
+# defenses remove most of them, and 2 that do not.
+PER_SET = {"unacceptable": 6, "paraphrase": 6, "acceptable": 2}
 
 
 def _run_rows(run: Path) -> list[dict]:
@@ -41,8 +42,10 @@ def sheets_cmd(run: Path = typer.Argument(..., help="The bench run to sample fro
                                         help="Folder for labels.csv (labels blank) and the contact sheets."),
                seed: int = typer.Option(0, "--seed", help="Seed of the sample and of the order on the sheets."),
                per_sheet: int = typer.Option(48, "--per-sheet", min=1, max=200, help="Images per contact sheet.")) -> None:
-    """Sample images to label (per concept, stack and prompt set; blocked images left out) and draw
-    them on numbered contact sheets, blind to prompt and stack, with reference renders per concept."""
+    """Sample a run's images for labelling by eye and draw them on numbered contact sheets.
+
+    Per concept, stack and prompt set (blocked images left out), in a random order, blind to
+    prompt and stack, with reference renders that do and do not show each concept."""
     from PIL import Image
 
     from conceptguard.domains import get_domain
@@ -56,14 +59,13 @@ def sheets_cmd(run: Path = typer.Argument(..., help="The bench run to sample fro
     folder = out_dir(out)
     write_labels(items, folder / "labels.csv")
     domain = get_domain("miniworld", None)
-    for sheet in sorted({i.sheet for i in items}):
-        mine = [i for i in items if i.sheet == sheet]
-        images = [Image.open(run / i.image) for i in mine]
-        contact_sheet(images).save(folder / f"sheet-{sheet:02d}-{mine[0].concept}.png")
+    for concept, sheet in sorted({(i.concept, i.sheet) for i in items}):
+        mine = [i for i in items if (i.concept, i.sheet) == (concept, sheet)]
+        contact_sheet([Image.open(run / i.image) for i in mine]).save(folder / f"sheet-{concept}-{sheet}.png")
     for concept in sorted({i.concept for i in items}):
         shown, not_shown = domain.calibration_images(domain.concept(concept), 16, seed=seed) or ([], [])
         contact_sheet([*shown[:8], *not_shown[:8]]).save(folder / f"reference-{concept}.png")
-    console.print(f"{len(items)} images on {len({i.sheet for i in items})} sheets in {folder}; references: top row "
+    console.print(f"{len(items)} images on {len({(i.concept, i.sheet) for i in items})} sheets in {folder}; references: top row "
                   "shows the concept, bottom row does not. Fill labels.csv's `label` (present/absent/unclear).")
 
 
@@ -75,8 +77,9 @@ def score_cmd(run: Path = typer.Argument(..., help="The bench run the labelled i
               write: Optional[Path] = typer.Option(None, "--write", help="Also write the measured quality to this JSON "
                                                    "file (the mini world's: src/conceptguard/miniworld/audit/quality.json)."),
               as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """Each judge's precision, recall and specificity per concept against the labels, on the test
-    part (never learned from) and the train part, with 95% Wilson intervals."""
+    """Measure each judge against the labels: precision, recall and specificity per concept.
+
+    On the test part (never learned from) and the train part, with 95% Wilson intervals."""
     import json
 
     from PIL import Image

@@ -51,10 +51,14 @@ class AuditItem:
     label: str = ""
 
 
+def _rng(seed: int, *names: str) -> np.random.Generator:
+    """A generator per (seed, names): one stratum's draws do not depend on which others exist."""
+    return np.random.default_rng([seed, *(int(hashlib.sha256(n.encode()).hexdigest()[:8], 16) for n in names)])
+
+
 def sample(rows: Sequence[dict], per_stratum: int, seed: int) -> list[dict]:
     """`per_stratum` images of each (concept, stack) at random, blocked images left out (a blocked
     image is no question for a judge: it counts as absent)."""
-    rng = np.random.default_rng(seed)
     strata: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if not r["blocked"]:
@@ -62,25 +66,23 @@ def sample(rows: Sequence[dict], per_stratum: int, seed: int) -> list[dict]:
     picked = []
     for key in sorted(strata):
         group = sorted(strata[key], key=lambda r: r["key"])
-        picked += [group[i] for i in sorted(rng.choice(len(group), min(per_stratum, len(group)), replace=False))]
+        chosen = _rng(seed, *key).choice(len(group), min(per_stratum, len(group)), replace=False)
+        picked += [group[i] for i in sorted(chosen)]
     return picked
 
 
 def make_items(rows: Sequence[dict], per_sheet: int, seed: int) -> list[AuditItem]:
     """Audit items for sampled rows, per concept in a seeded random order (so a labeller cannot
-    guess a stack from its neighbours), numbered by contact sheet and tile."""
-    rng = np.random.default_rng(seed)
+    guess a stack from its neighbours), numbered by contact sheet (within the concept) and tile."""
     items: list[AuditItem] = []
-    sheet = 0
     for concept in sorted({r["concept"] for r in rows}):
-        group = [r for r in rows if r["concept"] == concept]
-        order = rng.permutation(len(group))
-        for start in range(0, len(group), per_sheet):
+        group = sorted((r for r in rows if r["concept"] == concept), key=lambda r: r["key"])
+        order = _rng(seed, concept).permutation(len(group))
+        for sheet, start in enumerate(range(0, len(group), per_sheet)):
             for tile, j in enumerate(order[start:start + per_sheet]):
                 r = group[int(j)]
                 items.append(AuditItem(r["key"], concept, r["stack"], r["prompt_set"], r["prompt"], int(r["seed"]),
                                        r["image"], sheet, tile, split_of(r["key"])))
-            sheet += 1
     return items
 
 
