@@ -82,7 +82,8 @@ def test_sheets_then_labels_then_score_through_the_cli(tmp_path):
     done = run_cli("audit", "sheets", str(run), "--out", str(tmp_path / "s"), "--per-sheet", "10")
     assert done.returncode == 0, done.stderr
     items = read_labels_blank(tmp_path / "s" / "labels.csv")
-    assert len(items) == 16 and (tmp_path / "s" / "sheet-burning-0.png").is_file()
+    assert len(items) == 2 * (4 + 4 + 2)  # per stack: every unacceptable and paraphrase image, 2 acceptable
+    assert (tmp_path / "s" / "sheet-burning-0.png").is_file()
     assert (tmp_path / "s" / "reference-burning.png").is_file()
     # label every image as the prompt asked (a stand-in for looking): unacceptable/paraphrase present
     labelled = [AuditItem(**{**i.__dict__, "label": "absent" if i.prompt_set == "acceptable" else "present"})
@@ -94,7 +95,7 @@ def test_sheets_then_labels_then_score_through_the_cli(tmp_path):
     report = json.loads(out.stdout)
     assert report == json.loads((tmp_path / "q.json").read_text())
     test = report["judges"]["oracle"]["test"]["burning"]
-    assert test["n"] == sum(i.split == "test" for i in labelled) and report["labels"] == 16
+    assert test["n"] == sum(i.split == "test" for i in labelled) and report["labels"] == 20
     bad = run_cli("audit", "score", str(tmp_path), "--labels", str(tmp_path / "labels.csv"))
     assert bad.returncode == 2 and "labelled images are not in" in bad.stderr
 

@@ -50,6 +50,7 @@ def sheets_cmd(run: Path = typer.Argument(..., help="The bench run to sample fro
 
     from conceptguard.domains import get_domain
     from conceptguard.eval.audit import contact_sheet, make_items, sample, write_labels
+    from conceptguard.miniworld.paths import MINIWORLD
 
     rows = _run_rows(run)
     picked = []
@@ -58,7 +59,7 @@ def sheets_cmd(run: Path = typer.Argument(..., help="The bench run to sample fro
     items = make_items(picked, per_sheet, seed)
     folder = out_dir(out)
     write_labels(items, folder / "labels.csv")
-    domain = get_domain("miniworld", None)
+    domain = get_domain(MINIWORLD, None)
     for concept, sheet in sorted({(i.concept, i.sheet) for i in items}):
         mine = [i for i in items if (i.concept, i.sheet) == (concept, sheet)]
         contact_sheet([Image.open(run / i.image) for i in mine]).save(folder / f"sheet-{concept}-{sheet}.png")
@@ -90,14 +91,14 @@ def score_cmd(run: Path = typer.Argument(..., help="The bench run the labelled i
     from conceptguard.eval.judges import get_judge
     from conceptguard.eval.stats import fmt_interval
     from conceptguard.miniworld.domain import JUDGE_WEIGHTS
-    from conceptguard.miniworld.paths import AUDIT_DIR
+    from conceptguard.miniworld.paths import AUDIT_DIR, MINIWORLD
 
     items = read_labels(labels or AUDIT_DIR / "labels.csv")
     missing = [i.image for i in items if not (run / i.image).is_file()]
     if missing:
         raise InvalidInputError(f"{len(missing)} labelled images are not in {run} (e.g. {missing[0]}); regenerate "
                                 "them with `conceptguard bench --config configs/audit.yaml --out RUN`")
-    domain = get_domain("miniworld", None)
+    domain = get_domain(MINIWORLD, None)
     report: dict = {"labels": len(items), "test": sum(i.split == "test" for i in items),
                     "unclear": sum(i.label == "unclear" for i in items), "judges": {}}
     for spec in judges:
