@@ -36,8 +36,8 @@ class BenchConfig(BaseModel):
     prompt_sets: list[str] | None = None
     prompt_files: dict[str, str] = Field(default_factory=dict,
                                          description="extra sets: name -> .txt/.csv file or a `conceptguard attack` folder")
-    prompts_per_set: int = Field(10, ge=1, le=10_000, description="10 keeps the default run (16 stacks x 5 "
-                                 "concepts x 3 sets) within 15 minutes on 2 CPU cores")
+    prompts_per_set: int = Field(10, ge=1, le=10_000, description="10: the default run (16 stacks x 5 "
+                                 "concepts x 3 sets) takes ~15 minutes on 2 CPU cores once its defenses are trained")
     images_per_prompt: int = Field(1, ge=1, le=100)
     seed: int = 0
     defense_seed: int | None = Field(None, description="seed the trained defenses are trained with (default: "
