@@ -99,6 +99,30 @@ def test_sheets_then_labels_then_score_through_the_cli(tmp_path):
     bad = run_cli("audit", "score", str(tmp_path), "--labels", str(tmp_path / "labels.csv"))
     assert bad.returncode == 2 and "labelled images are not in" in bad.stderr
 
+    # the oracle learns from the train part only: with the test part's images gone it still tunes
+    import shutil
+
+    from conceptguard.miniworld.paths import WEIGHTS_DIR, fingerprint, verify
+
+    root = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, root, symlinks=True)
+    for i in labelled:
+        if i.split == "test":
+            (run / i.image).unlink()
+    tuned = run_cli("audit", "tune-oracle", str(run), "--labels", str(tmp_path / "labels.csv"), "--root", str(root),
+                    "--steps", "3")
+    assert tuned.returncode == 0, tuned.stderr
+    assert fingerprint(root / "oracle") != fingerprint(WEIGHTS_DIR / "oracle")
+    verify(root / "oracle", root)  # the manifest names the new weights
+    assert run_cli("audit", "score", str(run), "--labels", str(tmp_path / "labels.csv")).returncode == 2
+
+
+def test_the_cli_tunes_the_oracle_as_the_recipe_says():
+    from conceptguard.cli.audit import TUNING_STEPS
+    from conceptguard.miniworld.oracle_tuning import TUNING
+
+    assert TUNING_STEPS == TUNING.steps
+
 
 def read_labels_blank(path):
     """Labels as written by `audit sheets` (label blank): read with a placeholder label."""

@@ -98,3 +98,25 @@ def test_blocklist_blocks_direct_prompts_and_metrics_add_up(tmp_path):
     assert rows[("none", "acceptable")]["normalized_clip_score"] == 1.0
     assert rows[("none", "acceptable")]["fd"] == 0.0
     assert 0.0 <= rows[("none", "acceptable")]["prompt_following"] <= 1.0
+
+
+def test_a_changed_judge_is_refused_until_the_images_are_judged_again(tmp_path):
+    config = BenchConfig(**{**SMALL, "defenses": ["none"], "prompt_sets": ["unacceptable"], "prompts_per_set": 3,
+                            "images_per_prompt": 1})
+    runner = Runner(config, tmp_path)
+    assert runner.run() == 3
+    fresh = {r["key"]: r["judges"] for r in runner.store.rows()}
+    assert runner.store.meta("judges") == runner.judge_versions()
+    assert "@" in runner.judge_versions()["oracle"]  # the mini world names its judges' weights
+
+    # as if the images had been judged by other oracle weights, which said the opposite
+    runner.store.update_judges({k: {**v, "oracle": {**v["oracle"], "present": not v["oracle"]["present"]}}
+                                for k, v in fresh.items()},
+                               meta={"judges": {**runner.judge_versions(), "oracle": "oracle (concept p > 0.5) @ 0"}})
+    with pytest.raises(ConfigError, match="--rejudge"):
+        Runner(config, tmp_path).run()
+
+    again = Runner(config, tmp_path)
+    assert again.rejudge() == 3
+    assert {r["key"]: r["judges"] for r in again.store.rows()} == fresh
+    assert again.run() == 0

@@ -124,6 +124,11 @@ class Domain(ABC):
         when the domain has no labelled images."""
         return None
 
+    def judge_weights(self, judge: str) -> str | None:
+        """A fingerprint of the weights behind a judge spec, when the domain ships them; a bench
+        store records it, so images judged by other weights are never mixed with new verdicts."""
+        return None
+
     def judge_quality(self, judge: str) -> dict[str, dict] | None:
         """A judge's precision, recall and specificity per concept, measured against labels on
         images it never learned from (`conceptguard audit score`), for the weights in use;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +20,7 @@ app.add_typer(audit_app, name="audit")
 # (configs/audit.yaml makes 6 a set), so recall has positives to be measured on even where
 # defenses remove most of them, and 2 that do not.
 PER_SET = {"unacceptable": 6, "paraphrase": 6, "acceptable": 2}
+TUNING_STEPS = 600  # the oracle's fine-tune on the audit set (miniworld/oracle_tuning.py's TUNING)
 
 
 def _run_rows(run: Path) -> list[dict]:
@@ -86,7 +88,6 @@ def score_cmd(run: Path = typer.Argument(..., help="The bench run the labelled i
     from PIL import Image
 
     from conceptguard.domains import get_domain
-    from conceptguard.errors import InvalidInputError
     from conceptguard.eval.audit import quality, read_labels
     from conceptguard.eval.judges import get_judge
     from conceptguard.eval.stats import fmt_interval
@@ -94,10 +95,7 @@ def score_cmd(run: Path = typer.Argument(..., help="The bench run the labelled i
     from conceptguard.miniworld.paths import AUDIT_DIR, MINIWORLD
 
     items = read_labels(labels or AUDIT_DIR / "labels.csv")
-    missing = [i.image for i in items if not (run / i.image).is_file()]
-    if missing:
-        raise InvalidInputError(f"{len(missing)} labelled images are not in {run} (e.g. {missing[0]}); regenerate "
-                                "them with `conceptguard bench --config configs/audit.yaml --out RUN`")
+    _require_images(run, [i.image for i in items])
     domain = get_domain(MINIWORLD, None)
     report: dict = {"labels": len(items), "test": sum(i.split == "test" for i in items),
                     "unclear": sum(i.label == "unclear" for i in items), "judges": {}}
@@ -131,3 +129,49 @@ def score_cmd(run: Path = typer.Argument(..., help="The bench run the labelled i
                               *(f"{q[k]:.2f} {fmt_interval(q[k + '_ci'])}" if q[k] is not None else "-"
                                 for k in ("precision", "recall", "specificity")))
     Console().print(table)
+
+
+@audit_app.command("tune-oracle")
+def tune_oracle_cmd(run: Path = typer.Argument(..., help="The bench run the labelled images come from "
+                                               "(configs/audit.yaml's)."),
+                    labels: Optional[Path] = typer.Option(None, "--labels", help="Labels CSV (default: the mini "
+                                                          "world's shipped audit labels)."),
+                    seed: int = typer.Option(0, "--seed", help="Training seed (deterministic per seed)."),
+                    steps: int = typer.Option(TUNING_STEPS, "--steps", min=1, help="Fine-tuning steps."),
+                    root: Optional[Path] = typer.Option(None, "--root", help="Weights folder whose oracle is tuned "
+                                                        "and replaced (default: the shipped one).")) -> None:
+    """Fine-tune the oracle on the labelled images of the audit set's train part (never the test part).
+
+    Starts from the weights in ROOT/oracle (those `world train --only oracle` makes), writes the
+    tuned oracle in their place and the manifest's checksums; then measure it with `audit score`."""
+    from diffusers import AutoencoderKL
+
+    from conceptguard.cli.common import progress_bar, reporter
+    from conceptguard.eval.audit import read_labels
+    from conceptguard.miniworld import paths
+    from conceptguard.miniworld.oracle import Oracle
+    from conceptguard.miniworld.oracle_tuning import TUNING, LabelledImages, tune_oracle
+
+    root = root or paths.WEIGHTS_DIR
+    items = [i for i in read_labels(labels or paths.AUDIT_DIR / "labels.csv")
+             if i.split == "train" and i.label != "unclear"]
+    _require_images(run, [i.image for i in items])
+    labelled = LabelledImages.from_files([run / i.image for i in items], [i.concept for i in items],
+                                         [i.label == "present" for i in items])
+    vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
+    with progress_bar() as bar:
+        tuned = tune_oracle(Oracle.from_pretrained(root / "oracle"), labelled, seed=seed,
+                            cfg=replace(TUNING, steps=steps, warmup=min(TUNING.warmup, steps)), report=reporter(bar), vae=vae)
+    tuned.save_pretrained(root / "oracle")
+    paths.write_manifest(root)
+    console.print(f"tuned the oracle on {len(items)} labelled images ({int(labelled.present.sum())} present) "
+                  f"into {root / 'oracle'}; measure it: conceptguard audit score {run}")
+
+
+def _require_images(run: Path, images: list[str]) -> None:
+    from conceptguard.errors import InvalidInputError
+
+    missing = [i for i in images if not (run / i).is_file()]
+    if missing:
+        raise InvalidInputError(f"{len(missing)} labelled images are not in {run} (e.g. {missing[0]}); regenerate "
+                                "them with `conceptguard bench --config configs/audit.yaml --out RUN`")

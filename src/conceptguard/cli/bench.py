@@ -22,6 +22,8 @@ def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML
               results_doc: Optional[Path] = typer.Option(None, "--results-doc",
                                                          help="Also write this Markdown document with its plots "
                                                          "(e.g. docs/BENCH.md); overrides the config's results_doc."),
+              rejudge: bool = typer.Option(False, "--rejudge", help="First judge every stored image again with the "
+                                           "current judges (needed after a judge's weights changed)."),
               as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout.")) -> None:
     """Run a benchmark: generate, judge, store (resumable) and report."""
     from conceptguard.eval.report import print_table, write_report
@@ -34,6 +36,8 @@ def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML
     t0 = time.time()
     with progress_bar() as bar:
         runner = Runner(cfg, out, reporter(bar))
+        if rejudge:
+            runner.rejudge()
         runner.run()
     results = runner.results()
     results["seconds"], results["invocations"] = _wall_time(out, time.time() - t0)

@@ -19,6 +19,7 @@ from conceptguard.attacks import AttackTarget
 from conceptguard.concepts import Concept
 from conceptguard.defenses.registry import BuildContext, DefenseStack, build_defenses
 from conceptguard.domain import Domain
+from conceptguard.errors import ConfigError
 from conceptguard.eval.aggregate import Aggregator
 from conceptguard.eval.attack_cache import AttackCache
 from conceptguard.eval.config import BenchConfig, load_config
@@ -30,6 +31,8 @@ from conceptguard.miniworld.data import cache_dir
 from conceptguard.models import load_pipeline
 from conceptguard.progress import Progress, report
 from conceptguard.prompts import PromptSet
+
+JUDGES_META = "judges"  # the store's record of which judges (and weights) gave its verdicts
 
 
 def _seed(base: int, prompt_index: int, image_index: int, per_prompt: int) -> int:
@@ -65,6 +68,44 @@ class Runner:
         if self._judges is None:
             self._judges = {spec: get_judge(spec, self.domain) for spec in self.config.judges or []}
         return self._judges
+
+    def judge_versions(self) -> dict[str, str]:
+        """Each judge's description and, where the domain ships its weights, their fingerprint."""
+        out = {}
+        for spec, judge in self.judges.items():
+            weights = self.domain.judge_weights(spec)
+            out[spec] = judge.describe() + (f" @ {weights}" if weights else "")
+        return out
+
+    def check_judges(self) -> None:
+        """Refuse to mix verdicts of other judge weights with new ones in one store."""
+        stored, current = self.store.meta(JUDGES_META), self.judge_versions()
+        if stored is None:
+            self.store.set_meta(JUDGES_META, current)  # a new store (or one from before this record)
+        elif isinstance(stored, dict) and stored != current:
+            changed = ", ".join(f"{k}: {stored.get(k)} -> {v}" for k, v in current.items() if stored.get(k) != v)
+            raise ConfigError(f"{self.out}'s images were judged by other judges ({changed}); add --rejudge to judge "
+                              "them again with the current ones")
+
+    def rejudge(self) -> int:
+        """Judge every stored image again with the current judges (after a judge changed); returns
+        how many. Verdicts are replaced batch by batch; the judges' record is updated at the end, so
+        a run killed midway is still seen as stale and re-judged again."""
+        rows = self.store.rows()
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(r["concept"], []).append(r)
+        done, size = 0, max(self.config.batch_size, 64)
+        for concept, mine in groups.items():
+            for b in range(0, len(mine), size):
+                batch = mine[b:b + size]
+                images = [Image.open(self.out / r["image"]).convert("RGB") for r in batch]
+                verdicts = self.judge(images, self.concept(concept), [r["prompt"] for r in batch])
+                self.store.update_judges({r["key"]: v for r, v in zip(batch, verdicts)})
+                done += len(batch)
+                report(self.progress, "re-judge", done, len(rows))
+        self.store.set_meta(JUDGES_META, self.judge_versions())
+        return done
 
     def concept(self, name: str) -> Concept:
         return self.domain.concept(name)
@@ -104,6 +145,7 @@ class Runner:
         (results kept on disk), then its missing rows are generated in batches.
         """
         c = self.config
+        self.check_judges()
         concepts = c.concepts or []
         per_pair = sum(len(s.items) for s in self.prompt_sets(concepts[0])) if concepts else 0
         per_pair += len(c.attacks) * c.attack_prompts

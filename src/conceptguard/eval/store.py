@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS images (
     judges TEXT NOT NULL, expected TEXT NOT NULL, seconds REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS by_group ON images (stack, concept, prompt_set);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -63,6 +64,25 @@ class Store:
                 ":prompt, :seed, :image_index, :image, :blocked, :blocked_by, :record, :judges, :expected, :seconds)",
                 [{**r, "record": json.dumps(r["record"]), "judges": json.dumps(r["judges"]),
                   "expected": json.dumps(r["expected"]), "blocked": int(r["blocked"])} for r in rows])
+
+    def update_judges(self, verdicts: dict[str, dict], meta: dict[str, object] | None = None) -> None:
+        """Replace the verdicts of the given row keys (and set `meta`) in one transaction."""
+        with self.db:
+            self.db.executemany("UPDATE images SET judges = ? WHERE key = ?",
+                                [(json.dumps(v), k) for k, v in verdicts.items()])
+            for name, value in (meta or {}).items():
+                self._set_meta(name, value)
+
+    def meta(self, name: str) -> object | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, name: str, value: object) -> None:
+        with self.db:
+            self._set_meta(name, value)
+
+    def _set_meta(self, name: str, value: object) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
 
     def rows(self, stack: str | None = None, concept: str | None = None, prompt_set: str | None = None) -> list[dict]:
         where, args = [], []

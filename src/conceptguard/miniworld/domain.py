@@ -191,11 +191,14 @@ class MiniWorld(Domain):
         pil = [Image.fromarray(im) for im in images]
         return [p for p, s in zip(pil, present) if s], [p for p, s in zip(pil, present) if not s]
 
+    def judge_weights(self, judge: str) -> str | None:
+        return JUDGE_WEIGHTS[judge]() if judge in JUDGE_WEIGHTS else None
+
     def judge_quality(self, judge: str) -> dict[str, dict] | None:
         """From the audit set's measurement (audit/quality.json), if it was made on these weights."""
         path = AUDIT_DIR / QUALITY
         measured = json.loads(path.read_text())["judges"].get(judge) if path.is_file() else None
-        if not measured or judge not in JUDGE_WEIGHTS or measured["weights"] != JUDGE_WEIGHTS[judge]():
+        if not measured or measured["weights"] != self.judge_weights(judge):
             return None
         return measured["test"]
 
