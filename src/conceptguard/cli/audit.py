@@ -43,7 +43,9 @@ def sheets_cmd(run: Path = typer.Argument(..., help="The bench run to sample fro
                out: Path = typer.Option(Path("runs/audit-sheets"), "--out",
                                         help="Folder for labels.csv (labels blank) and the contact sheets."),
                seed: int = typer.Option(0, "--seed", help="Seed of the sample and of the order on the sheets."),
-               per_sheet: int = typer.Option(48, "--per-sheet", min=1, max=200, help="Images per contact sheet.")) -> None:
+               per_sheet: int = typer.Option(48, "--per-sheet", min=1, max=200, help="Images per contact sheet."),
+               first_sheet: int = typer.Option(0, "--first-sheet", min=0, help="Number of the first sheet of each "
+                                               "concept (a later labelling round goes on after the earlier one's).")) -> None:
     """Sample a run's images for labelling by eye and draw them on numbered contact sheets.
 
     Per concept, stack and prompt set (blocked images left out), in a random order, blind to
@@ -58,7 +60,7 @@ def sheets_cmd(run: Path = typer.Argument(..., help="The bench run to sample fro
     picked = []
     for prompt_set, count in PER_SET.items():
         picked += sample([r for r in rows if r["prompt_set"] == prompt_set], count, seed + len(prompt_set))
-    items = make_items(picked, per_sheet, seed)
+    items = make_items(picked, per_sheet, seed, first_sheet)
     folder = out_dir(out)
     write_labels(items, folder / "labels.csv")
     domain = get_domain(MINIWORLD, None)
@@ -73,7 +75,8 @@ def sheets_cmd(run: Path = typer.Argument(..., help="The bench run to sample fro
 
 
 @audit_app.command("score")
-def score_cmd(run: Path = typer.Argument(..., help="The bench run the labelled images come from."),
+def score_cmd(runs: list[Path] = typer.Argument(..., help="The bench runs the labelled images come from "
+                                              "(configs/audit.yaml's and configs/audit-2.yaml's)."),
               labels: Optional[Path] = typer.Option(None, "--labels", help="Labels CSV (default: the mini world's "
                                                     "shipped audit labels)."),
               judges: list[str] = typer.Option(["oracle", "clip"], "--judge", help="Judges to measure (repeatable)."),
@@ -95,7 +98,7 @@ def score_cmd(run: Path = typer.Argument(..., help="The bench run the labelled i
     from conceptguard.miniworld.paths import AUDIT_DIR, MINIWORLD
 
     items = read_labels(labels or AUDIT_DIR / "labels.csv")
-    _require_images(run, [i.image for i in items])
+    found = locate_images(runs, [i.image for i in items])
     domain = get_domain(MINIWORLD, None)
     report: dict = {"labels": len(items), "test": sum(i.split == "test" for i in items),
                     "unclear": sum(i.label == "unclear" for i in items), "judges": {}}
@@ -104,7 +107,7 @@ def score_cmd(run: Path = typer.Argument(..., help="The bench run the labelled i
         verdicts: dict[str, bool] = {}
         for concept in sorted({i.concept for i in items}):
             mine = [i for i in items if i.concept == concept]
-            for i, v in zip(mine, judge.judge([Image.open(run / i.image).convert("RGB") for i in mine],
+            for i, v in zip(mine, judge.judge([Image.open(found[i.image]).convert("RGB") for i in mine],
                                               domain.concept(concept))):
                 verdicts[i.key] = bool(v["present"])
         report["judges"][spec] = {
@@ -132,8 +135,8 @@ def score_cmd(run: Path = typer.Argument(..., help="The bench run the labelled i
 
 
 @audit_app.command("tune-oracle")
-def tune_oracle_cmd(run: Path = typer.Argument(..., help="The bench run the labelled images come from "
-                                               "(configs/audit.yaml's)."),
+def tune_oracle_cmd(runs: list[Path] = typer.Argument(..., help="The bench runs the labelled images come from "
+                                                     "(configs/audit.yaml's and configs/audit-2.yaml's)."),
                     labels: Optional[Path] = typer.Option(None, "--labels", help="Labels CSV (default: the mini "
                                                           "world's shipped audit labels)."),
                     seed: int = typer.Option(0, "--seed", help="Training seed (deterministic per seed)."),
@@ -155,8 +158,8 @@ def tune_oracle_cmd(run: Path = typer.Argument(..., help="The bench run the labe
     root = root or paths.WEIGHTS_DIR
     items = [i for i in read_labels(labels or paths.AUDIT_DIR / "labels.csv")
              if i.split == "train" and i.label != "unclear"]
-    _require_images(run, [i.image for i in items])
-    labelled = LabelledImages.from_files([run / i.image for i in items], [i.concept for i in items],
+    found = locate_images(runs, [i.image for i in items])
+    labelled = LabelledImages.from_files([found[i.image] for i in items], [i.concept for i in items],
                                          [i.label == "present" for i in items])
     vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
     with progress_bar() as bar:
@@ -165,13 +168,22 @@ def tune_oracle_cmd(run: Path = typer.Argument(..., help="The bench run the labe
     tuned.save_pretrained(root / "oracle")
     paths.write_manifest(root)
     console.print(f"tuned the oracle on {len(items)} labelled images ({int(labelled.present.sum())} present) "
-                  f"into {root / 'oracle'}; measure it: conceptguard audit score {run}")
+                  f"into {root / 'oracle'}; measure it: conceptguard audit score {' '.join(map(str, runs))}")
 
 
-def _require_images(run: Path, images: list[str]) -> None:
+def locate_images(runs: list[Path], images: list[str]) -> dict[str, Path]:
+    """Each labelled image (a path inside its run) in the first of `runs` that has it."""
     from conceptguard.errors import InvalidInputError
 
-    missing = [i for i in images if not (run / i).is_file()]
+    found, missing = {}, []
+    for image in images:
+        path = next((run / image for run in runs if (run / image).is_file()), None)
+        if path is None:
+            missing.append(image)
+        else:
+            found[image] = path
     if missing:
-        raise InvalidInputError(f"{len(missing)} labelled images are not in {run} (e.g. {missing[0]}); regenerate "
-                                "them with `conceptguard bench --config configs/audit.yaml --out RUN`")
+        raise InvalidInputError(f"{len(missing)} labelled images are not in {', '.join(map(str, runs))} (e.g. "
+                                f"{missing[0]}); regenerate them with `conceptguard bench --config configs/audit.yaml "
+                                "--out runs/audit` and `... --config configs/audit-2.yaml --out runs/audit-2`")
+    return found

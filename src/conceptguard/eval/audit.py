@@ -71,14 +71,15 @@ def sample(rows: Sequence[dict], per_stratum: int, seed: int) -> list[dict]:
     return picked
 
 
-def make_items(rows: Sequence[dict], per_sheet: int, seed: int) -> list[AuditItem]:
+def make_items(rows: Sequence[dict], per_sheet: int, seed: int, first_sheet: int = 0) -> list[AuditItem]:
     """Audit items for sampled rows, per concept in a seeded random order (so a labeller cannot
-    guess a stack from its neighbours), numbered by contact sheet (within the concept) and tile."""
+    guess a stack from its neighbours), numbered by contact sheet (within the concept, from
+    `first_sheet`) and tile."""
     items: list[AuditItem] = []
     for concept in sorted({r["concept"] for r in rows}):
         group = sorted((r for r in rows if r["concept"] == concept), key=lambda r: r["key"])
         order = _rng(seed, concept).permutation(len(group))
-        for sheet, start in enumerate(range(0, len(group), per_sheet)):
+        for sheet, start in enumerate(range(0, len(group), per_sheet), start=first_sheet):
             for tile, j in enumerate(order[start:start + per_sheet]):
                 r = group[int(j)]
                 items.append(AuditItem(r["key"], concept, r["stack"], r["prompt_set"], r["prompt"], int(r["seed"]),
