@@ -142,11 +142,12 @@ def tune_oracle_cmd(runs: list[Path] = typer.Argument(..., help="The bench runs 
                     seed: int = typer.Option(0, "--seed", help="Training seed (deterministic per seed)."),
                     steps: int = typer.Option(TUNING_STEPS, "--steps", min=1, help="Fine-tuning steps."),
                     root: Optional[Path] = typer.Option(None, "--root", help="Weights folder whose oracle is tuned "
-                                                        "and replaced (default: the shipped one).")) -> None:
+                                                        "(default: the shipped one).")) -> None:
     """Fine-tune the oracle on the labelled images of the audit set's train part (never the test part).
 
-    Starts from the weights in ROOT/oracle (those `world train --only oracle` makes), writes the
-    tuned oracle in their place and the manifest's checksums; then measure it with `audit score`."""
+    Starts from the render-trained oracle in ROOT/oracle-renders (what `world train --only oracle`
+    makes), writes the tuned one to ROOT/oracle and the manifest's checksums; then measure it
+    with `audit score`."""
     from diffusers import AutoencoderKL
 
     from conceptguard.cli.common import progress_bar, reporter
@@ -163,7 +164,7 @@ def tune_oracle_cmd(runs: list[Path] = typer.Argument(..., help="The bench runs 
                                          [i.label == "present" for i in items])
     vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
     with progress_bar() as bar:
-        tuned = tune_oracle(Oracle.from_pretrained(root / "oracle"), labelled, seed=seed,
+        tuned = tune_oracle(Oracle.from_pretrained(root / paths.ORACLE_RENDERS), labelled, seed=seed,
                             cfg=replace(TUNING, steps=steps, warmup=min(TUNING.warmup, steps)), report=reporter(bar), vae=vae)
     tuned.save_pretrained(root / "oracle")
     paths.write_manifest(root)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy import linalg
 
 from conceptguard.miniworld.oracle import labels_match
 
@@ -89,7 +90,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     ca, cb = a - a.mean(0), b - b.mean(0)
     scale_a, scale_b = len(a) - 1, len(b) - 1
-    r_a, r_b = np.linalg.qr(ca, mode="r"), np.linalg.qr(cb, mode="r")
+    r_a, r_b = linalg.qr(ca, mode="r")[0], linalg.qr(cb, mode="r")[0]
     cross = np.linalg.svd(r_a @ r_b.T, compute_uv=False).sum() / np.sqrt(scale_a * scale_b)
     mean_term = float(((a.mean(0) - b.mean(0)) ** 2).sum())
     return mean_term + float((ca ** 2).sum() / scale_a + (cb ** 2).sum() / scale_b - 2 * cross)

@@ -29,6 +29,11 @@ def oracle_dir() -> Path:
     return WEIGHTS_DIR / "oracle"
 
 
+# The oracle as trained on renders (`world train --only oracle`), before it learns from the
+# audit set's train part (`audit tune-oracle` starts from it and writes `oracle`).
+ORACLE_RENDERS = "oracle-renders"
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

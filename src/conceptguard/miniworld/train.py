@@ -35,7 +35,7 @@ from conceptguard.miniworld.architectures import (
     vae_config,
 )
 from conceptguard.miniworld.data import cache_dir, cached_render_set, to_tensor, to_uint8
-from conceptguard.miniworld.paths import WEIGHTS_DIR, write_manifest
+from conceptguard.miniworld.paths import ORACLE_RENDERS, WEIGHTS_DIR, write_manifest
 from conceptguard.miniworld.render import IMAGE_SIZE
 from conceptguard.miniworld.scene import ATTRIBUTE_HEADS, HELDOUT_COMBOS, MARKS, SHAPES, Scene
 from conceptguard.miniworld.world import SHAPE_WORDS, caption
@@ -681,6 +681,8 @@ def train_world(seed: int = 0, only: str | None = None, report: Progress | None 
                 recon_key = weights_fingerprint(vae)
             net = train_oracle(o_images, o_scenes, seed, cfg, report, reconstructions=recon, recon_key=recon_key,
                                device=device)
+            # the judge in use is this one until `audit tune-oracle` tunes it from the copy
+            Oracle(net).save_pretrained(root / ORACLE_RENDERS)
             Oracle(net).save_pretrained(root / "oracle")
         else:
             vae = AutoencoderKL.from_pretrained(root / "pipeline" / "vae").eval()
