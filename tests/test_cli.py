@@ -103,6 +103,15 @@ def test_long_prompt_warns_but_generates(tmp_path):
     result = run_cli("generate", "a red circle " * 40, "--n", "1", "--steps", "2", "--out", str(tmp_path))
     assert result.returncode == 0
     assert "warning" in result.stderr and "tokens" in result.stderr
+    assert "wrote 1 image to" in result.stderr  # counts read as English
+
+
+def test_attack_prints_its_prompts_on_stdout(tmp_path):
+    result = run_cli("attack", "synonym", "--concept", "burning", "--target", "blocklist", "--n", "2",
+                     "--out", str(tmp_path / "a"))
+    assert result.returncode == 0, result.stderr
+    assert "adversarial prompt" in result.stdout and "adversarial prompt" not in result.stderr
+    assert "2 prompts in" in result.stderr
 
 
 def test_judge_command_with_each_judge(tmp_path):

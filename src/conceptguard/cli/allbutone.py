@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from conceptguard.cli.common import app, console, emit_json, out_dir, progress_bar, read_images
+from conceptguard.cli.common import app, console, emit_json, out_dir, plural, progress_bar, read_images
 from conceptguard.errors import InvalidInputError
 
 
@@ -53,4 +53,4 @@ def purify_cmd(images: list[Path] = typer.Argument(..., help="Images that show t
     if as_json:
         emit_json({"edit": str(edit), "prompt": text, "files": files})
     else:
-        console.print(f"wrote {len(files)} purified images to {out}")
+        console.print(f"wrote {plural(len(files), 'purified image')} to {out}")

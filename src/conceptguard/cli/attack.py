@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from conceptguard.cli.common import app, console, emit_json, out_dir, progress_bar, reporter
@@ -57,5 +58,5 @@ def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez, ringab
     table.add_column("adversarial prompt")
     for i, p in enumerate(result.prompts):
         table.add_row(str(i), p)
-    console.print(table)
+    Console().print(table)  # the result on stdout, as `bench` and `judge` print theirs; messages on stderr
     console.print(f"{len(result.prompts)} prompts in {result.seconds:.1f} s, {result.queries} queries; saved to {out}")

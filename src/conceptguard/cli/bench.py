@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from conceptguard.cli.common import app, console, emit_json, out_dir, progress_bar, read_images, reporter
+from conceptguard.cli.common import app, console, emit_json, out_dir, plural, progress_bar, read_images, reporter
 
 
 @app.command("bench")
@@ -52,7 +52,9 @@ def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML
         emit_json(results)
         return
     print_table(results, Console())
-    console.print(f"{len(results['rows'])} result rows in {results['seconds']} s; report: {files['html']}"
+    images = sum(r["n_images"] for r in results["rows"])
+    console.print(f"{plural(images, 'image')} in {plural(len(results['rows']), 'result row')}, {results['seconds']} s; "
+                  f"report: {files['html']}"
                   + (f"; {files['results_doc']}" if "results_doc" in files else ""))
 
 

@@ -48,6 +48,11 @@ def reporter(bar: Progress):
     return progress
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 image', '2 images': counts in messages read as English."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def emit_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 

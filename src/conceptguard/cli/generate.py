@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from conceptguard.cli.common import app, console, emit_json, out_dir, progress_bar
+from conceptguard.cli.common import app, console, emit_json, out_dir, plural, progress_bar
 from conceptguard.errors import InvalidInputError
 from conceptguard.miniworld.paths import MINIWORLD
 
@@ -53,4 +53,4 @@ def generate_cmd(prompt: str = typer.Argument(..., help="The text prompt."),
     if as_json:
         emit_json({"prompt": prompt, "model": model or MINIWORLD, "files": files})
     else:
-        console.print(f"wrote {n} images to {out}")
+        console.print(f"wrote {plural(n, 'image')} to {out}")

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from conceptguard.cli.common import console, emit_json, out_dir, progress_bar, read_images, reporter, world_app
+from conceptguard.cli.common import console, emit_json, out_dir, plural, progress_bar, read_images, reporter, world_app
 from conceptguard.errors import InvalidInputError
 
 
@@ -56,7 +56,7 @@ def world_render(out: Path = typer.Option(..., "--out", help="Folder for the PNG
             bar.advance(task)
     (out / "captions.json").write_text(json.dumps(records, indent=1) + "\n")
     contact_sheet(images[:64], [r["caption"] for r in records[:64]]).save(out / "contact_sheet.png")
-    console.print(f"wrote {n} renders, captions.json and contact_sheet.png to {out}")
+    console.print(f"wrote {plural(n, 'render')}, captions.json and contact_sheet.png to {out}")
 
 
 @world_app.command("train")
