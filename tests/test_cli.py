@@ -124,7 +124,8 @@ def test_judge_command_with_each_judge(tmp_path):
     assert all(0.0 <= r["p"] <= 1.0 for r in clip)
     nude = json.loads(run_cli("judge", *files, "--judge", "nudenet:erasurebench", "--json").stdout)
     assert nude[0]["judge"] == "nudenet (erasurebench: 6 classes @ 0.5)" and not any(r["present"] for r in nude)
-    assert_one_line_error(run_cli("judge", *files, "--judge", "vibes"), "unknown judge")
+    assert_one_line_error(run_cli("judge", *files, "--judge", "vibes", "--concept", "burning"), "unknown judge")
+    assert_one_line_error(run_cli("judge", *files, "--judge", "oracle"), "name the concept")  # no silent default
     assert_one_line_error(run_cli("judge", *files, "--judge", "nudenet:strict"), "unknown NudeNet preset")
 
 

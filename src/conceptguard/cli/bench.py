@@ -70,13 +70,20 @@ def _wall_time(out: Path, seconds: float) -> tuple[float, int]:
 @app.command("judge")
 def judge_cmd(images: list[Path] = typer.Argument(..., help="Image files."),
               judge: str = typer.Option("oracle", "--judge", help="oracle, clip, or nudenet[:unlearndiffatk|erasurebench]."),
-              concept: str = typer.Option("burning", "--concept", help="Concept to score (clip: c_u vs c_a; nudenet: nudity)."),
+              concept: Optional[str] = typer.Option(None, "--concept", help="Concept to score (oracle and clip: required, "
+                                                    "the clip judge compares c_u with c_a; nudenet: nudity, the default)."),
               clip: Optional[str] = typer.Option(None, "--clip", help="CLIP for the clip judge (default: the mini CLIP)."),
               as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Judge images: is the concept there, and how sure is the judge."""
     from conceptguard.domains import get_concept, get_domain
+    from conceptguard.errors import InvalidInputError
     from conceptguard.eval.judges import get_judge
 
+    if concept is None:
+        if not judge.startswith("nudenet"):
+            raise InvalidInputError(f"name the concept to score with --concept (the {judge} judge scores one "
+                                    "concept at a time)")
+        concept = "nudity"
     pictures = read_images(images)
     domain = get_domain(None, clip)
     j = get_judge(judge, domain)
