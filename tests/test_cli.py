@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -135,3 +137,20 @@ def test_world_train_rejects_an_unusable_device(tmp_path):
     if not __import__("torch").cuda.is_available():
         assert_one_line_error(run_cli("world", "train", "--device", "cuda", "--root", str(tmp_path / "w")), "--device cuda")
     assert not (tmp_path / "w").exists()
+
+
+def test_ctrl_c_exits_130_with_one_line_and_leaves_no_half_written_output(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "renders"
+    proc = subprocess.Popen([sys.executable, "-m", "conceptguard", "world", "render", "--out", str(out), "--n", "10000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob(".render-*/*.png"))) < 20:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("conceptguard: aborted")
+    assert list(out.iterdir()) == []  # no renders, no captions.json: nothing half-written

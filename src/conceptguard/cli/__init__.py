@@ -36,7 +36,11 @@ def _quiet_libraries() -> None:
 def main() -> None:
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into Exit(130) and, outside standalone mode, returns the code
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except ConceptGuardError as exc:
         message = " ".join(str(exc).split())
         print(f"conceptguard: error: {message}", file=sys.stderr)
@@ -54,7 +58,7 @@ def main() -> None:
         print(f"conceptguard: error: {' '.join(message.split())} (see --help)", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2) or 2)
     except KeyboardInterrupt:
-        print("conceptguard: interrupted (training resumes from its last checkpoint)", file=sys.stderr)
+        print("conceptguard: aborted (a bench or training run resumes where it stopped)", file=sys.stderr)
         sys.exit(130)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,19 +45,22 @@ def world_render(out: Path = typer.Option(..., "--out", help="Folder for the PNG
     out = out_dir(out)
     images: list = []
     records: list[dict] = []
-    with progress_bar() as bar:
+    # written to a scratch folder and moved into `out` once complete: an interrupted run leaves nothing
+    with tempfile.TemporaryDirectory(dir=out, prefix=".render-") as scratch, progress_bar() as bar:
         task = bar.add_task("rendering", total=n, info="")
         for i in range(n):
             rng = np.random.default_rng([seed, i])
             scene = sample_scene(rng, allow_heldout=True, **fixed)
             image = render(scene, rng)
             text = caption(scene, rng)
-            Image.fromarray(image).save(out / f"{i:05d}.png")
+            Image.fromarray(image).save(Path(scratch) / f"{i:05d}.png")
             images.append(image)
             records.append({"file": f"{i:05d}.png", "caption": text, "labels": scene.labels()})
             bar.advance(task)
-    (out / "captions.json").write_text(json.dumps(records, indent=1) + "\n")
-    contact_sheet(images[:64], [r["caption"] for r in records[:64]]).save(out / "contact_sheet.png")
+        (Path(scratch) / "captions.json").write_text(json.dumps(records, indent=1) + "\n")
+        contact_sheet(images[:64], [r["caption"] for r in records[:64]]).save(Path(scratch) / "contact_sheet.png")
+        for f in sorted(Path(scratch).iterdir()):
+            os.replace(f, out / f.name)
     console.print(f"wrote {plural(n, 'render')}, captions.json and contact_sheet.png to {out}")
 
 
