@@ -154,3 +154,18 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_no_half_written_output(tmp_pa
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1].startswith("conceptguard: aborted")
     assert list(out.iterdir()) == []  # no renders, no captions.json: nothing half-written
+
+
+def test_world_check_writes_into_the_package_only_when_asked(monkeypatch):
+    from typer.testing import CliRunner
+
+    import conceptguard.miniworld.gates as gates
+    from conceptguard.cli import app
+
+    calls = []
+    monkeypatch.setattr(gates, "check", lambda **kw: calls.append(kw) or {"seconds": 0.0, "gates": {}})
+    runner = CliRunner()
+    assert runner.invoke(app, ["world", "check", "--json"]).exit_code == 0
+    assert runner.invoke(app, ["world", "check", "--write", "--json"]).exit_code == 0
+    assert [c["save"] for c in calls] == [False, True]
+    assert runner.invoke(app, ["world", "check", "--write", "--quick"]).exit_code != 0

@@ -100,12 +100,18 @@ def world_train(seed: int = typer.Option(0, "--seed", help="Training seed (deter
 @world_app.command("check")
 def world_check(as_json: bool = typer.Option(False, "--json", help="Print the measurements as JSON."),
                 seed: int = typer.Option(1, "--seed", help="Seed for the fresh renders and generations."),
-                quick: bool = typer.Option(False, "--quick", help="Small samples (a smoke test, not the gates).")) -> None:
-    """Measure every quality gate of the mini world on fresh seeds."""
+                quick: bool = typer.Option(False, "--quick", help="Small samples (a smoke test, not the gates)."),
+                write: bool = typer.Option(False, "--write", help="Store the measurement as the shipped one "
+                                           "(weights/gates.json, which `world info` and docs/miniworld.md report); "
+                                           "for maintainers after retraining. Not with --quick.")) -> None:
+    """Measure every quality gate of the mini world on fresh seeds (prints them; writes nothing
+    unless --write)."""
     from conceptguard.miniworld.gates import QUICK, Sizes, check
 
+    if write and quick:
+        raise InvalidInputError("--write stores the full measurement; drop --quick")
     with progress_bar() as bar:
-        result = check(seed=seed, sizes=QUICK if quick else Sizes(), save=not quick, progress=reporter(bar))
+        result = check(seed=seed, sizes=QUICK if quick else Sizes(), save=write, progress=reporter(bar))
     if as_json:
         emit_json(result)
         return
