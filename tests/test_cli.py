@@ -169,3 +169,19 @@ def test_world_check_writes_into_the_package_only_when_asked(monkeypatch):
     assert runner.invoke(app, ["world", "check", "--write", "--json"]).exit_code == 0
     assert [c["save"] for c in calls] == [False, True]
     assert runner.invoke(app, ["world", "check", "--write", "--quick"]).exit_code != 0
+
+
+def test_threads_option_sets_torchs_threads():
+    import torch
+    from typer.testing import CliRunner
+
+    from conceptguard.cli import app
+
+    before = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, ["--threads", "1", "world", "info", "--json"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert run_cli("--threads", "0", "world", "info").returncode == 2
