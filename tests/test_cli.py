@@ -185,3 +185,10 @@ def test_threads_option_sets_torchs_threads():
     finally:
         torch.set_num_threads(before)
     assert run_cli("--threads", "0", "world", "info").returncode == 2
+
+
+def test_help_is_plain_text_without_value_placeholders_on_flags():
+    out = run_cli("bench", "--help").stdout
+    assert "--json" in out and "<bool>" not in out  # a flag takes no value
+    assert "╭" not in out  # plain paragraphs, re-wrapped (no boxed, ragged docstring lines)
+    assert "IMAGE" in run_cli("judge", "--help").stdout

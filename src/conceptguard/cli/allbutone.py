@@ -13,7 +13,7 @@ from conceptguard.errors import InvalidInputError
 
 
 @app.command("purify")
-def purify_cmd(images: list[Path] = typer.Argument(..., help="Images that show the erased concept."),
+def purify_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Images that show the erased concept."),
                edit: Path = typer.Option(..., "--edit", help="A folder from `conceptguard train allbutone`."),
                out: Path = typer.Option(..., "--out", help="Folder for the purified PNGs."),
                prompt: Optional[str] = typer.Option(None, "--prompt",

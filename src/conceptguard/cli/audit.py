@@ -12,7 +12,7 @@ from rich.table import Table
 
 from conceptguard.cli.common import app, console, emit_json, out_dir
 
-audit_app = typer.Typer(help="The audit set: bench images labelled by eye, and how well each judge agrees "
+audit_app = typer.Typer(rich_markup_mode=None, help="The audit set: bench images labelled by eye, and how well each judge agrees "
                         "with the labels (docs/evaluation.md, 'Judges').", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
@@ -75,7 +75,7 @@ def sheets_cmd(run: Path = typer.Argument(..., help="The bench run to sample fro
 
 
 @audit_app.command("score")
-def score_cmd(runs: list[Path] = typer.Argument(..., help="The bench runs the labelled images come from "
+def score_cmd(runs: list[Path] = typer.Argument(..., metavar="RUN", help="The bench runs the labelled images come from "
                                               "(configs/audit.yaml's and configs/audit-2.yaml's)."),
               labels: Optional[Path] = typer.Option(None, "--labels", help="Labels CSV (default: the mini world's "
                                                     "shipped audit labels)."),
@@ -135,7 +135,7 @@ def score_cmd(runs: list[Path] = typer.Argument(..., help="The bench runs the la
 
 
 @audit_app.command("tune-oracle")
-def tune_oracle_cmd(runs: list[Path] = typer.Argument(..., help="The bench runs the labelled images come from "
+def tune_oracle_cmd(runs: list[Path] = typer.Argument(..., metavar="RUN", help="The bench runs the labelled images come from "
                                                      "(configs/audit.yaml's and configs/audit-2.yaml's)."),
                     labels: Optional[Path] = typer.Option(None, "--labels", help="Labels CSV (default: the mini "
                                                           "world's shipped audit labels)."),

@@ -18,9 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from conceptguard.errors import InvalidInputError
 
-app = typer.Typer(help="conceptguard: keep text-to-image models from generating unacceptable concepts.",
+app = typer.Typer(rich_markup_mode=None, help="conceptguard: keep text-to-image models from generating unacceptable concepts.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-world_app = typer.Typer(help="The mini world: a tiny Stable Diffusion + CLIP trained offline on "
+world_app = typer.Typer(rich_markup_mode=None, help="The mini world: a tiny Stable Diffusion + CLIP trained offline on "
                         "procedural scenes, with an oracle judge.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 

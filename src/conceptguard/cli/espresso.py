@@ -51,7 +51,7 @@ def _load_filter(filter_dir: Optional[Path], concepts: Optional[str], clip: Opti
 
 
 @app.command("filter")
-def filter_cmd(images: list[Path] = typer.Argument(..., help="Image files."),
+def filter_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files."),
                concept: Optional[str] = typer.Option(None, "--concept",
                                                      help="Concept(s), comma-separated (un-fine-tuned filter)."),
                filter_dir: Optional[Path] = typer.Option(None, "--filter", help="A fine-tuned filter from `train espresso-ft`."),

@@ -151,7 +151,7 @@ def world_info(as_json: bool = typer.Option(False, "--json", help="Print as JSON
 
 
 @world_app.command("judge")
-def world_judge(images: list[Path] = typer.Argument(..., help="Image files (any size; resized to 32x32)."),
+def world_judge(images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files (any size; resized to 32x32)."),
                 as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """The oracle's attribute labels and concept probabilities for each image."""
     from conceptguard.models import load_oracle
