@@ -192,3 +192,10 @@ def test_help_is_plain_text_without_value_placeholders_on_flags():
     assert "--json" in out and "<bool>" not in out  # a flag takes no value
     assert "╭" not in out  # plain paragraphs, re-wrapped (no boxed, ragged docstring lines)
     assert "IMAGE" in run_cli("judge", "--help").stdout
+
+
+def test_filter_on_the_mini_clip_refuses_a_real_world_concept(tmp_path):
+    run_cli("world", "render", "--out", str(tmp_path), "--n", "1", "--concept", "burning")
+    image = str(tmp_path / "00000.png")
+    assert_one_line_error(run_cli("filter", image, "--concept", "nudity"), "unknown concept 'nudity'")
+    assert json.loads(run_cli("filter", image, "--concept", "burning", "--json").stdout)["rows"][0]["blocked"]

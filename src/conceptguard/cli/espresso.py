@@ -38,7 +38,7 @@ def _embedder(clip: Optional[str]):
 
 def _load_filter(filter_dir: Optional[Path], concepts: Optional[str], clip: Optional[str], tau: Optional[float]):
     from conceptguard.defenses.espresso import EspressoFilter
-    from conceptguard.domains import get_concept
+    from conceptguard.domains import get_concept, get_domain
 
     if filter_dir is not None:
         if not filter_dir.is_dir():
@@ -46,7 +46,9 @@ def _load_filter(filter_dir: Optional[Path], concepts: Optional[str], clip: Opti
         return EspressoFilter.from_pretrained(filter_dir, embedder=_embedder(clip) if clip else None, tau=tau)
     if not concepts:
         raise InvalidInputError("give --concept NAME[,NAME...] or --filter DIR")
-    return EspressoFilter(_embedder(clip), [get_concept(n) for n in concept_names(concepts)],
+    # the mini CLIP knows only the mini world's concepts (as `bench` says); a named CLIP, any concept
+    domain = get_domain(None, None) if clip is None else None
+    return EspressoFilter(_embedder(clip), [get_concept(n, domain) for n in concept_names(concepts)],
                           tau=0.5 if tau is None else tau)
 
 
