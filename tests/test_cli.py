@@ -62,6 +62,8 @@ def test_generate_writes_pngs(tmp_path):
     assert result.returncode == 0, result.stderr
     files = json.loads(result.stdout)["files"]
     assert len(files) == 2 and all(Image.open(f).size == (32, 32) for f in files)
+    # stderr is a pipe here, as under nohup or CI: progress comes as plain log lines
+    assert "generating 2/2" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -60,6 +60,17 @@ def test_explain_puts_the_top_score_on_the_concept_word(pipe, sanitizer):
     assert max(rows, key=lambda r: r["score"])["token"] == "burning"
 
 
+def test_explain_names_whole_words_not_bpe_pieces(pipe, sanitizer, tmp_path):
+    rows = sanitizer.explain("a red heart engulfed by flames", pipe.text_encoder, pipe.tokenizer)
+    assert [r["token"] for r in rows][3:5] == ["engul", "fed"]  # the mini tokenizer splits the word
+    assert [r["word"] for r in rows][3:5] == ["engulfed", "engulfed"]
+    assert [r["word_index"] for r in rows] == [0, 1, 2, 3, 3, 4, 5]
+    sanitizer.save_pretrained(tmp_path / "s")
+    out = run_cli("explain", "--sanitizer", str(tmp_path / "s"), "a red heart engulfed by flames")
+    assert out.returncode == 0, out.stderr
+    assert "engulfed" in out.stdout and "engul 0." in out.stdout and "harmfulness per word" in out.stdout
+
+
 def test_sanitizer_round_trips_and_refuses_another_encoder(pipe, sanitizer, tmp_path):
     sanitizer.save_pretrained(tmp_path / "s")
     loaded = SanitizerDefense.from_pretrained(tmp_path / "s")
@@ -115,6 +126,13 @@ def test_steerdiff_round_trip_and_cli(pipe, steerdiff, tmp_path):
     out = run_cli("explain", "--steerdiff", str(tmp_path / "d"), "a blazing yellow cross", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["flagged"] is True
+    prompt = "a yellow cross engulfed by flames"
+    spans = loaded.identify(prompt, pipe.text_encoder, pipe.tokenizer)
+    assert spans and all(s["text"] in prompt for s in spans)  # decoded words, no "engul fed"
+    table = run_cli("explain", "--steerdiff", str(tmp_path / "d"), prompt)
+    assert table.returncode == 0, table.stderr
+    top = spans[0]
+    assert f"{top['start']}-{top['end'] - 1}" in table.stdout and "both ends included" in table.stdout
     both = run_cli("explain", "a prompt")
     assert both.returncode == 2 and "exactly one" in both.stderr
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from conceptguard.cli.common import app, console, emit_json, out_dir, plural, progress_bar
+from conceptguard.cli.common import app, console, emit_json, out_dir, plural, progress_bar, reporter
 from conceptguard.errors import InvalidInputError
 from conceptguard.miniworld.paths import MINIWORLD
 
@@ -38,7 +38,8 @@ def generate_cmd(prompt: str = typer.Argument(..., help="The text prompt."),
     out = out_dir(out)
     files = []
     with progress_bar() as bar:
-        task = bar.add_task("generating", total=n, info="")
+        progress = reporter(bar)  # a bar on a terminal, log lines under nohup or CI
+        progress("generating", 0, n)
         for start in range(0, n, 16):
             k = min(16, n - start)
             with warnings.catch_warnings():
@@ -49,7 +50,7 @@ def generate_cmd(prompt: str = typer.Argument(..., help="The text prompt."),
                 path = out / f"{seed + start + i:06d}.png"
                 im.save(path)
                 files.append(str(path))
-            bar.advance(task, k)
+            progress("generating", start + k, n)
     if as_json:
         emit_json({"prompt": prompt, "model": model or MINIWORLD, "files": files})
     else:

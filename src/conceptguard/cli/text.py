@@ -22,7 +22,7 @@ def explain_cmd(prompt: str = typer.Argument(..., help="The prompt to explain.")
                                                          help="A folder from `conceptguard train steerdiff`."),
                 model: Optional[str] = typer.Option(None, "--model",
                                                     help="Pipeline whose text encoder to use (default: the mini SD)."),
-                as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+                as_json: bool = typer.Option(False, "--json", help="Print as JSON (a span's `start`/`end` index the token ids, 0 being the start token, `end` excluded as in a slice).")) -> None:
     """Show why an embedding defense acts on a prompt: per-token harmfulness scores (sanitizer) or
     flagged spans (SteerDiff)."""
     from conceptguard.generation import check_prompt
@@ -45,13 +45,7 @@ def explain_cmd(prompt: str = typer.Argument(..., help="The prompt to explain.")
         if as_json:
             emit_json({"prompt": prompt, "tokens": rows})
             return
-        table = Table(title=f"harmfulness per token ({', '.join(defense.config['concepts'])})")
-        table.add_column("token")
-        table.add_column("score")
-        for r in rows:
-            style = "red" if r["score"] >= 0.5 else ""
-            table.add_row(r["token"], f"[{style}]{r['score']:.3f}" if style else f"{r['score']:.3f}")
-        Console().print(table)
+        Console().print(word_table(rows, ", ".join(defense.config["concepts"])))
         return
     from conceptguard.defenses.steerdiff import SteerDiff
 
@@ -63,8 +57,28 @@ def explain_cmd(prompt: str = typer.Argument(..., help="The prompt to explain.")
         return
     table = Table(title=f"flagged spans (threshold {steer.threshold})")
     table.add_column("span")
-    table.add_column("tokens")
+    table.add_column("token positions")
     table.add_column("score")
     for s in spans:
-        table.add_row(s["text"], f"{s['start']}-{s['end']}", f"{s['score']:.3f}")
-    Console().print(table if spans else "no span flagged: the prompt is left unchanged")
+        table.add_row(s["text"], f"{s['start']}-{s['end'] - 1}", f"{s['score']:.3f}")
+    if not spans:
+        Console().print("no span flagged: the prompt is left unchanged")
+        return
+    Console().print(table)
+    Console().print("token positions: 1 is the prompt's first token; both ends included")
+
+
+def word_table(rows: list[dict], concepts: str) -> Table:
+    """The sanitizer's scores per word of the prompt: a word split into BPE pieces scores its
+    highest piece, and lists the pieces with their own scores."""
+    table = Table(title=f"harmfulness per word ({concepts})")
+    table.add_column("word")
+    table.add_column("score")
+    table.add_column("BPE pieces")
+    for k in dict.fromkeys(r["word_index"] for r in rows):
+        pieces = [r for r in rows if r["word_index"] == k]
+        top = max(r["score"] for r in pieces)
+        score = f"{top:.3f}"
+        table.add_row(pieces[0]["word"], f"[red]{score}" if top >= 0.5 else score,
+                      "  ".join(f"{r['token']} {r['score']:.3f}" for r in pieces) if len(pieces) > 1 else "")
+    return table

@@ -24,7 +24,8 @@ from conceptguard.concepts import Concept
 from conceptguard.defenses.base import Decision, EmbeddingDefense
 from conceptguard.defenses.pretrained import PretrainedMixin
 from conceptguard.defenses.registry import DEFENSES, BuildContext
-from conceptguard.defenses.text_data import aligned_twins, check_encoder, encode, encoder_identity, gather_positions, token_mask
+from conceptguard.defenses.text_data import (aligned_twins, check_encoder, encode, encoder_identity, gather_positions,
+                                             token_mask, words_of_pieces)
 from conceptguard.domain import Domain
 from conceptguard.progress import Progress, report
 
@@ -101,14 +102,15 @@ class SanitizerDefense(PretrainedMixin, EmbeddingDefense):
         return out, [self.decision(max_score=float(v), alpha=self.alpha) for v in top]
 
     def explain(self, prompt: str, text_encoder, tokenizer) -> list[dict]:
-        """Each token of the prompt with its harmfulness score."""
+        """Each token (BPE piece) of the prompt with its harmfulness score and the word it belongs to."""
         ids = tokenizer([prompt], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
             hidden = text_encoder(ids)[0]
         _, s = self.sanitize(hidden, ids)
         n = int(token_mask(ids, self.config["bos"], self.config["eos"])[0].sum())
         tokens = tokenizer.convert_ids_to_tokens(ids[0, 1:1 + n].tolist())
-        return [{"token": t.replace("</w>", ""), "score": float(v)} for t, v in zip(tokens, s[0, 1:1 + n])]
+        return [{"token": t.replace("</w>", ""), "word": w, "word_index": k, "score": float(v)}
+                for t, (k, w), v in zip(tokens, words_of_pieces(tokens), s[0, 1:1 + n])]
 
     # ------------------------------------------------------------------------------ storage
 

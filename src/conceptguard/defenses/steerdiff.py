@@ -120,9 +120,10 @@ class SteerDiff(PretrainedMixin, EmbeddingDefense):
         for i, j, s in spans:
             if s > self.threshold and all(j <= a or i >= b for a, b, _ in kept):
                 kept.append((i, j, s))
-        tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
-        return [{"start": i, "end": j, "score": float(s),
-                 "text": " ".join(t.replace("</w>", "") for t in tokens[i:j])} for i, j, s in kept]
+        # `start`/`end` index the token ids (0 is the start token), `end` exclusive as in a slice;
+        # `text` is the span decoded, BPE pieces joined into words.
+        return [{"start": i, "end": j, "score": float(s), "text": tokenizer.decode(ids[0, i:j].tolist()).strip()}
+                for i, j, s in kept]
 
     # ------------------------------------------------------------------------------ storage
 

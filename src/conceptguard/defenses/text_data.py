@@ -60,6 +60,21 @@ def encode(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, prompts: list[
     return hidden, ids
 
 
+def words_of_pieces(pieces: list[str]) -> list[tuple[int, str]]:
+    """(index, text) of the whole word each BPE piece belongs to (CLIP's pieces end a word with
+    "</w>"): ["a</w>", "engul", "fed</w>"] -> [(0, "a"), (1, "engulfed"), (1, "engulfed")], so
+    explanations read as the prompt does."""
+    words: list[tuple[int, str]] = []
+    start = 0
+    for i, piece in enumerate(pieces):
+        if piece.endswith("</w>") or i == len(pieces) - 1:
+            word = "".join(p.replace("</w>", "") for p in pieces[start:i + 1])
+            index = words[-1][0] + 1 if words else 0
+            words += [(index, word)] * (i + 1 - start)
+            start = i + 1
+    return words
+
+
 def align(target_ids: list[int], anchor_ids: list[int]) -> tuple[list[int], list[int]]:
     """For each target position, the anchor position it should become, and the target positions
     that belong to the concept phrase (the tokens the anchor does not share)."""
