@@ -22,7 +22,8 @@ def explain_cmd(prompt: str = typer.Argument(..., help="The prompt to explain.")
                                                          help="A folder from `conceptguard train steerdiff`."),
                 model: Optional[str] = typer.Option(None, "--model",
                                                     help="Pipeline whose text encoder to use (default: the mini SD)."),
-                as_json: bool = typer.Option(False, "--json", help="Print as JSON (a span's `start`/`end` index the token ids, 0 being the start token, `end` excluded as in a slice).")) -> None:
+                as_json: bool = typer.Option(False, "--json", help="Print as JSON (a span's `start`/`end` index the "
+                                             "token ids, 0 being the start token, `end` excluded as in a slice).")) -> None:
     """Show why an embedding defense acts on a prompt: per-token harmfulness scores (sanitizer) or
     flagged spans (SteerDiff)."""
     from conceptguard.generation import check_prompt

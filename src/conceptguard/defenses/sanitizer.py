@@ -24,8 +24,15 @@ from conceptguard.concepts import Concept
 from conceptguard.defenses.base import Decision, EmbeddingDefense
 from conceptguard.defenses.pretrained import PretrainedMixin
 from conceptguard.defenses.registry import DEFENSES, BuildContext
-from conceptguard.defenses.text_data import (aligned_twins, check_encoder, encode, encoder_identity, gather_positions,
-                                             token_mask, words_of_pieces)
+from conceptguard.defenses.text_data import (
+    aligned_twins,
+    check_encoder,
+    encode,
+    encoder_identity,
+    gather_positions,
+    token_mask,
+    words_of_pieces,
+)
 from conceptguard.domain import Domain
 from conceptguard.progress import Progress, report
 
