@@ -85,6 +85,11 @@ def test_sigkill_midway_then_resume_gives_exactly_one_row_per_key(tmp_path):
         (d, s) for d in ("none", "blocklist") for s in ("unacceptable", "acceptable")}
     for name in ("results.json", "results.csv", "results.md", "report.html"):
         assert (out / name).stat().st_size > 0
+    # the report's sample strips name images of their own cell, and the run's software is recorded
+    for row in results["rows"]:
+        assert 1 <= len(row["samples"]) <= 4 and all((out / s["image"]).is_file() for s in row["samples"])
+    assert results["meta"]["versions"]["torch"] and results["meta"]["created"]
+    assert 'loading="lazy"' in (out / "report.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -4,9 +4,18 @@ import csv
 import json
 
 import pytest
+from matplotlib.text import Text
 from rich.console import Console
 
-from conceptguard.eval.report import COLUMNS, print_table, summary_table, write_report
+from conceptguard.eval.report import (
+    COLUMNS,
+    concept_rate_by_concept_figure,
+    effectiveness_vs_utility_figure,
+    label_positions,
+    print_table,
+    summary_table,
+    write_report,
+)
 
 DEFENSES = ("none", "blocklist", "sanitizer+espresso-ft")
 CONCEPTS = ("cat", "van_gogh")
@@ -86,13 +95,77 @@ def test_markdown_has_tables_defenses_and_judges(written):
     assert "| none | 0.600 / 0.900 | – / 0.700 | 0.600 / 0.800 |" in md  # acceptable, with a None
 
 
-def test_html_is_self_contained(written):
+def test_html_has_plots_n_per_cell_block_rates_and_the_run(written):
     _, paths = written
     page = paths["html"].read_text(encoding="utf-8")
     assert page.count('<img src="data:image/png;base64,') == 2
     for name in DEFENSES:
         assert name in page
     assert "<table>" in page and "oracle (p &gt; 0.5)" in page
+    assert "n=8</span>" in page and "n=16</span>" in page  # a concept's cell and the mean over two
+    assert "<th>block rate</th>" in page and "block rate unacc." in page
+    assert "<h3>config</h3><pre>" in page and "&quot;steps&quot;: 4" in page  # shown, not collapsed
+
+
+def test_html_shows_sample_strips_and_metadata(tmp_path):
+    results = make_results()
+    for i, row in enumerate(results["rows"]):
+        row["samples"] = [{"image": f"images/{i}-{k}.png", "prompt": f"prompt <{k}>", "blocked": k == 1}
+                          for k in range(3)]
+    results["meta"] = {"created": "2026-12-02T10:00:00+00:00", "python": "3.11.2",
+                       "versions": {"conceptguard": "0.9.0", "torch": "2.13.0"}}
+    page = write_report(results, tmp_path)["html"].read_text(encoding="utf-8")
+    assert page.count('loading="lazy"') == 3 * len(results["rows"])
+    assert 'src="images/0-0.png" title="prompt &lt;0&gt;"' in page
+    assert page.count("class=blocked") == len(results["rows"])
+    assert "<td>torch</td><td>2.13.0</td>" in page and "2026-12-02T10:00:00+00:00" in page
+
+
+def test_label_positions_keep_their_gap_and_the_axes():
+    ys = [0.5, 0.5, 0.5, 0.98, 0.99, 1.0, 0.0]
+    placed = label_positions(ys, 0.1)
+    ordered = sorted(placed)
+    assert all(b - a >= 0.1 - 1e-9 for a, b in zip(ordered, ordered[1:]))
+    assert all(0.0 <= y <= 1.0 for y in placed)
+    assert placed[6] == 0.0  # a label with room stays at its point
+    # the points' order is kept (ties in input order)
+    assert [ys.index(y) for y in ys] and sorted(range(7), key=lambda i: placed[i]) == [6, 0, 1, 2, 3, 4, 5]
+
+
+def _extents(fig, texts):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return [Text.get_window_extent(t, renderer) for t in texts]  # the text alone, not its leader line
+
+
+def test_scatter_labels_never_overlap_even_on_one_point():
+    results = make_results()
+    for defense in ("uce", "esd-x", "steerdiff", "allbutone", "espresso", "sld-max"):  # many on one spot
+        for concept in CONCEPTS:
+            results["rows"].append(_row(defense, concept, "unacceptable", 0.4))
+            results["rows"].append(_row(defense, concept, "acceptable", 0.0, prompt_following=0.6))
+    for row in results["rows"]:
+        if row["stack"] == "blocklist" and row["prompt_set"] == "acceptable":
+            row["prompt_following"] = 0.6  # blocklist at 0.4 / 0.6 as well
+    fig = effectiveness_vs_utility_figure(results)
+    labels = [t for t in fig.axes[0].texts if t.get_gid() == "point-label"]
+    assert {t.get_text() for t in labels} >= {"blocklist", "uce", "esd-x", "steerdiff"}
+    boxes = _extents(fig, labels)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b)
+
+
+def test_bars_show_a_defense_whose_rate_is_zero_everywhere():
+    results = make_results()
+    for row in results["rows"]:
+        if row["stack"] == "sanitizer+espresso-ft":
+            row["concept_rate"] = 0.0
+    fig = concept_rate_by_concept_figure(results)
+    values = [line for line in fig.axes[0].lines
+              if line.get_gid() == "value-sanitizer+espresso-ft" and line.get_marker() == "o"]
+    assert len(values) == len(CONCEPTS)  # a dot at 0 per concept, where the bar has no height
+    assert all(list(line.get_ydata()) == [0.0] and line.get_marker() == "o" for line in values)
 
 
 def test_summary_table_means():

@@ -7,6 +7,7 @@ fails on bad input answer in a second, without loading torch, diffusers or trans
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typer.core import TyperArgument
 
 from conceptguard.errors import InvalidInputError
 
@@ -25,6 +27,19 @@ world_app = typer.Typer(rich_markup_mode=None, help="The mini world: a tiny Stab
 app.add_typer(world_app, name="world")
 
 console = Console(stderr=True)
+
+
+def _readable_type(display_type):
+    """Typer labels a list argument "<list[Path]>", as if it took one Python list; say
+    "<path>..." (one or more), as click's own help does."""
+    def display(self, ctx) -> str:
+        label = display_type(self, ctx)
+        found = re.fullmatch(r"<list\[(\w+)\]>", label)
+        return f"<{found.group(1).lower()}>..." if found else label
+    return display
+
+
+TyperArgument.display_type = _readable_type(TyperArgument.display_type)  # type: ignore[method-assign]
 
 
 @app.callback()

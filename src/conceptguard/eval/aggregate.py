@@ -8,7 +8,10 @@ same prompts and seeds.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import datetime
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -56,17 +59,42 @@ class ResultRow:
     normalized_clip_score_ci: Interval | None = None
     prompt_following_ci: Interval | None = None
     fd_ci: Interval | None = None
+    samples: list[dict] = field(default_factory=list)  # a few of its images, for the report's strips
 
     def as_dict(self) -> dict:
         return {k: _rounded(v) for k, v in asdict(self).items()}
 
 
 def _rounded(value):
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return value
     if isinstance(value, float):
         return round(value, 4) if np.isfinite(value) else value
     if isinstance(value, (tuple, list)):
         return [round(float(v), 4) for v in value]
     return value
+
+
+SAMPLES_PER_ROW = 4  # images per (stack, concept, prompt set) shown in the report
+PACKAGES = ("conceptguard", "torch", "diffusers", "transformers", "numpy")
+
+
+def run_metadata() -> dict:
+    """When and with what software the results were aggregated (printed with the report)."""
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version(), "platform": platform.platform(terse=True), "versions": versions}
+
+
+def sample_images(rows: list[dict]) -> list[dict]:
+    """The first image of the first prompts of a cell: one per prompt, so a strip shows variety."""
+    first = sorted(rows, key=lambda r: (r["image_index"], r["prompt_index"]))[:SAMPLES_PER_ROW]
+    return [{"image": r["image"], "prompt": r["prompt"], "blocked": bool(r["blocked"])} for r in first]
 
 
 FD_BOOTSTRAPS = 2000  # as every other bootstrap: the exact trace (metrics.frechet_distance) is cheap
@@ -104,7 +132,8 @@ class Aggregator:
                     mine = [r for r in self.store.rows(stack, concept, pset.name) if r["set_id"] == pset.id]
                     if mine:
                         rows.append(self.row(stack, concept, pset.name, mine, {}).as_dict())
-        out = {"config": self.config.model_dump(), "rows": rows, "judges": self.judge_notes()}
+        out = {"config": self.config.model_dump(), "rows": rows, "judges": self.judge_notes(),
+               "meta": run_metadata()}
         if self.config.attacks:
             out["attacks"] = self.attacks.costs()
             out["certificates"] = self.certificates()
@@ -130,7 +159,7 @@ class Aggregator:
         row = ResultRow(stack, concept, set_name, len(mine), concept_rate=metrics.concept_rate(present, blocked),
                         block_rate=metrics.block_rate(blocked), seconds=round(sum(r["seconds"] for r in mine), 3),
                         concept_rate_ci=rate_interval([p and not b for p, b in zip(present, blocked)]),
-                        block_rate_ci=rate_interval(blocked))
+                        block_rate_ci=rate_interval(blocked), samples=sample_images(mine))
         q = (self.quality or {}).get(concept)
         if q and q["recall"] is not None and q["specificity"] is not None and row.concept_rate is not None:
             fixed = corrected_rate(row.concept_rate, row.concept_rate_ci, q["recall"], q["specificity"])
