@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,21 +45,28 @@ class PromptSet:
 
 
 def read_prompt_file(path: str | Path, concept: str, name: str | None = None) -> PromptSet:
-    """Prompts from a .txt file (one per line) or a .csv file (a `prompt` column, else the first)."""
+    """Prompts from a .txt file (one per line) or a .csv file (its `prompt` column; without one,
+    the first column of every row). UTF-8, a byte-order mark allowed; blank lines skipped."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"prompt file not found: {path}")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-        if not rows:
-            raise InvalidInputError(f"empty prompt file: {path}")
-        header = [h.strip().lower() for h in rows[0]]
-        col = header.index("prompt") if "prompt" in header else 0
-        texts = [r[col] for r in rows[1:] if len(r) > col]
-    else:
-        texts = path.read_text(encoding="utf-8").splitlines()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        texts = _csv_prompts(text) if path.suffix.lower() == ".csv" else text.splitlines()
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"prompt file {path} is not UTF-8 text (byte {exc.start})") from exc
+    except csv.Error as exc:
+        raise InvalidInputError(f"prompt file {path} is not a readable CSV: {exc}") from exc
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
         raise InvalidInputError(f"no prompts in {path}")
     return PromptSet(name or path.stem, concept, tuple(PromptItem(t) for t in texts))
+
+
+def _csv_prompts(text: str) -> list[str]:
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    if "prompt" in header:
+        col = header.index("prompt")
+        return [r[col] for r in rows[1:] if len(r) > col]
+    return [r[0] for r in rows if r]

@@ -92,7 +92,7 @@ def out_dir(path: Path) -> Path:
 
 
 def read_images(paths: list[Path]):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     images = []
     for p in paths:
@@ -103,10 +103,22 @@ def read_images(paths: list[Path]):
         try:
             with Image.open(p) as im:
                 im.load()
-                images.append(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise InvalidInputError(f"cannot read image {p}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'}") from exc
+                images.append(as_rgb(im))
+        except Exception as exc:  # PIL's decoders raise OSError, ValueError, SyntaxError, EOFError, bomb errors...
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InvalidInputError(f"cannot read image {p}: {reason}") from exc
     return images
+
+
+def as_rgb(image):
+    """RGB of any PIL mode; 16-bit greyscale (a 16-bit PNG) scaled to 8 bits first, which PIL's
+    own conversion would clip to white."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray((np.asarray(image, dtype=np.uint32) // 257).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def concept_names(names: str) -> list[str]:

@@ -69,6 +69,16 @@ class BenchConfig(BaseModel):
         stacks = [_as_value_error(check_stack, v) for v in value]
         return stacks if NONE in stacks else [NONE, *stacks]  # the reference for utility metrics
 
+    @field_validator("prompt_files")
+    @classmethod
+    def _readable_prompt_files(cls, value: dict[str, str]) -> dict[str, str]:
+        """Read each file now: a bad one stops the run before anything is written."""
+        from conceptguard.eval.prompt_sets import load_prompt_file
+
+        for name, path in value.items():
+            _as_value_error(lambda p: load_prompt_file(p, "check", name), path)
+        return value
+
     @field_validator("judges")
     @classmethod
     def _known_judges(cls, value: list[str] | None) -> list[str] | None:
@@ -114,7 +124,9 @@ def load_config(path: str | Path | None) -> BenchConfig:
     if not path.is_file():
         raise InvalidInputError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):

@@ -20,7 +20,7 @@ def standard_sets(config: BenchConfig, domain: Domain, concept: str) -> list[Pro
 
 
 def load_prompt_file(path: str | Path, concept: str, name: str | None = None) -> PromptSet:
-    """Prompts from a .txt file (one per line), a .csv file (a `prompt` column, else the first),
+    """Prompts from a .txt file (one per line), a .csv file (its `prompt` column, else the first column),
     or a folder saved by `conceptguard attack` (its prompts and learned tokens)."""
     path = Path(path)
     if path.is_dir() and (path / "result.json").is_file():
