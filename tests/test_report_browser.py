@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conceptguard.eval.report import write_report
-from test_report import make_results
+from test_report import _row, make_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
@@ -28,7 +28,7 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--allow-file-access-from-files"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,700"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
@@ -37,10 +37,10 @@ def browser():
 
 
 def load_every_image(browser) -> list[int]:
-    """Open every prompt set's strip and bring each lazy image into view, as a reader scrolling
-    would; each image's natural width once decoded (0: it did not load)."""
+    """Open every prompt set's strip and load every lazy image now (a reader scrolling would, one
+    screen at a time); each image's natural width once decoded (0: it did not load)."""
     browser.execute_script("document.querySelectorAll('details').forEach(d => d.open = true);"
-                           "document.querySelectorAll('img').forEach(i => i.scrollIntoView());")
+                           "document.querySelectorAll('img').forEach(i => i.loading = 'eager');")
     return browser.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "Promise.all([...document.images].map(i => i.decode().then(() => i.naturalWidth, () => 0)))"
@@ -49,9 +49,12 @@ def load_every_image(browser) -> list[int]:
 
 def test_report_opens_in_chromium_without_errors_and_its_images_load(tmp_path, browser):
     results = make_results()
+    for stack in ("uce", "esd-x", "sanitizer+espresso-ft+a-long-name"):  # wide tables: five concepts
+        for concept in ("burning", "shattered", "glimmer", "zorbo", "velmora"):
+            results["rows"].append(_row(stack, concept, "unacceptable", 0.25))
     for i, row in enumerate(results["rows"]):
         row["samples"] = []
-        for k in range(2):
+        for k in range(4):
             name = f"images/{i:02d}/{k}.png"
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (32, 32), (40 * k, 100, 200)).save(tmp_path / name)
@@ -60,8 +63,13 @@ def test_report_opens_in_chromium_without_errors_and_its_images_load(tmp_path, b
 
     browser.get(page.resolve().as_uri())
     loaded = load_every_image(browser)
-    assert len(loaded) == 2 + 2 * len(results["rows"])  # two plots and every strip
+    assert len(loaded) == 2 + 4 * len(results["rows"])  # two plots and every strip
     assert all(width > 0 for width in loaded), loaded
+    inside = browser.execute_script(  # every strip's images stay within their own cell
+        "return [...document.querySelectorAll('td.strip img')].every(i => {"
+        "const r = i.getBoundingClientRect(), c = i.closest('td').getBoundingClientRect();"
+        "return r.left >= c.left - 0.5 && r.right <= c.right + 0.5; });")
+    assert inside
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
     assert browser.title == "ConceptGuard benchmark report"

@@ -296,8 +296,8 @@ _CSS = ("body{font-family:sans-serif;margin:2em;max-width:90em}"
         "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
         "th:first-child,td:first-child{text-align:left}"
         ".judges{color:#555;font-size:90%}.n{color:#777;font-size:80%}"
-        "img{max-width:100%}td.strip{text-align:left;white-space:nowrap}"
-        "td.strip img{width:64px;height:64px;image-rendering:pixelated;margin:1px;border:2px solid transparent}"
+        "img{max-width:100%}td.strip{text-align:left;min-width:13.5em}"
+        "td.strip img{width:48px;height:48px;image-rendering:pixelated;margin:1px;border:2px solid transparent}"
         "td.strip img.blocked{border-color:#c00}table.meta td{text-align:left}")
 
 
