@@ -186,5 +186,6 @@ def locate_images(runs: list[Path], images: list[str]) -> dict[str, Path]:
     if missing:
         raise InvalidInputError(f"{len(missing)} labelled images are not in {', '.join(map(str, runs))} (e.g. "
                                 f"{missing[0]}); regenerate them with `conceptguard bench --config configs/audit.yaml "
-                                "--out runs/audit` and `... --config configs/audit-2.yaml --out runs/audit-2`")
+                                "--out runs/audit`, and likewise configs/audit-2.yaml and audit-3.yaml into runs/audit-2 "
+                                "and runs/audit-3")
     return found
