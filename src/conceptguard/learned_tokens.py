@@ -22,7 +22,7 @@ class LearnedTokens:
     """Placeholder -> input-embedding vector [d]."""
 
     def __init__(self, vectors: dict[str, torch.Tensor] | None = None) -> None:
-        self.vectors = {k: v.detach().float().reshape(-1) for k, v in (vectors or {}).items()}
+        self.vectors = {k: v.detach().float().reshape(-1).cpu() for k, v in (vectors or {}).items()}
         bad = [k for k in self.vectors if not _PLACEHOLDER.fullmatch(k)]
         if bad:
             raise ValueError(f"placeholder {bad[0]!r} must look like <name> (lower-case letters, digits, - or _)")
@@ -89,7 +89,9 @@ def override_token_embeddings(text_encoder, token_embeds: torch.Tensor | None) -
     if token_embeds is None:
         yield
         return
-    handle = text_encoder.get_input_embeddings().register_forward_hook(lambda module, args, out: token_embeds)
+    # in the layer's own dtype and device: float32 attack embeddings meet a float16 encoder on a GPU
+    handle = text_encoder.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: token_embeds.to(out.device, out.dtype))
     try:
         yield
     finally:

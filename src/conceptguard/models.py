@@ -9,6 +9,7 @@ ModelNotFoundError with a one-line hint.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,31 +80,76 @@ def _quiet_progress_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def load_pipeline(model: str | Path | None = None, device: str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
-    """A diffusers text-to-image pipeline (the mini SD by default), safety checker off."""
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+# Where models load when a call names no device or dtype: set by the CLI's --device/--dtype
+# (or CONCEPTGUARD_DEVICE / CONCEPTGUARD_DTYPE) and by a bench config's `device`/`dtype`.
+_PLACEMENT: dict[str, str | None] = {"device": None, "dtype": None}
+
+
+def set_placement(device: str | None = None, dtype: str | None = None) -> None:
+    """The default device and dtype of every model loaded from now on (None: leave as is);
+    checked now, so a bad value is one line before anything loads."""
+    if device is not None:
+        _PLACEMENT["device"] = resolve_device(device)
+    if dtype is not None:
+        resolve_dtype(dtype)
+        _PLACEMENT["dtype"] = dtype
+
+
+def resolve_device(device: str | None = None) -> str:
+    """The device to load on: the one named, else the placement, else `cuda` when there is one."""
+    name = device or _PLACEMENT["device"] or os.environ.get("CONCEPTGUARD_DEVICE") or (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(name)
+    except RuntimeError:
+        raise InvalidInputError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {name!r}: this machine (torch {torch.__version__}) has no CUDA device")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise InvalidInputError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(f"device {name!r}: MPS is not available on this machine")
+    return name
+
+
+def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """The diffusion pipeline's dtype: the one named, else the placement, else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype or _PLACEMENT["dtype"] or os.environ.get("CONCEPTGUARD_DTYPE") or "float32"
+    if name not in DTYPES:
+        raise InvalidInputError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_pipeline(model: str | Path | None = None, device: str | None = None,
+                  dtype: str | torch.dtype | None = None) -> DiffusionPipeline:
+    """A diffusers text-to-image pipeline (the mini SD by default), safety checker off, on the
+    device and in the dtype asked for (default: `resolve_device`, `resolve_dtype`)."""
     from diffusers import DiffusionPipeline
 
+    device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     ident, local = _resolve(model, pipeline_dir())
     # fp32 is every library's default; naming a dtype only when it differs avoids the
     # torch_dtype/dtype rename warnings across diffusers versions.
-    extra = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+    extra = {} if torch_dtype == torch.float32 else {"torch_dtype": torch_dtype}
     pipe = _load(DiffusionPipeline.from_pretrained, ident, local, "text-to-image pipeline",
                  safety_checker=None, requires_safety_checker=False, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def load_clip(model: str | Path | None = None, device: str = "cpu") -> tuple[CLIPModel, CLIPProcessor]:
-    """(CLIPModel, CLIPProcessor) — the mini CLIP by default."""
+def load_clip(model: str | Path | None = None, device: str | None = None) -> tuple[CLIPModel, CLIPProcessor]:
+    """(CLIPModel, CLIPProcessor) — the mini CLIP by default — in float32 on the placement's
+    device: CLIP filters and judges are calibrated in float32, and the pipeline's dtype stays its own."""
     from transformers import CLIPModel, CLIPProcessor
 
+    device = resolve_device(device)
     ident, local = _resolve(model, clip_dir())
     clip = _load(CLIPModel.from_pretrained, ident, local, "CLIP model")
     processor = _load(CLIPProcessor.from_pretrained, ident, local, "CLIP processor")
-    if device == "cpu":  # half-precision checkpoints are slow or unsupported on CPUs
-        clip = clip.float()
-    return clip.eval().to(device), processor
+    return clip.float().eval().to(device), processor
 
 
 class ClipEmbedder:
@@ -130,7 +176,7 @@ class ClipEmbedder:
     def images(self, images) -> torch.Tensor:
         """Any PIL mode (grayscale, RGBA, palette) is read as RGB; no images give an empty batch."""
         if not images:
-            return torch.empty(0, self.clip.config.projection_dim)
+            return torch.empty(0, self.clip.config.projection_dim, device=self.clip.device)
         pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").pixel_values
         return self.pixels(pixels)
 

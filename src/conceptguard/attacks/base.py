@@ -222,7 +222,7 @@ class AttackTarget:
 
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         """The text encoder's input token embeddings [B, 77, d] for token ids."""
-        return self.text_encoder.get_input_embeddings()(ids)
+        return self.text_encoder.get_input_embeddings()(ids.to(self.text_encoder.device))
 
     def encode(self, ids: torch.Tensor, token_embeds: torch.Tensor | None = None, defended: bool = True) -> torch.Tensor:
         """Conditioning [B, 77, d] the UNet sees, differentiable in `token_embeds`.
@@ -311,4 +311,4 @@ class AttackTarget:
         """The attacker's own CLIP estimate that each image shows c_u rather than c_a."""
         e = self.embedder
         text = e.texts([self.concept.c_u, self.concept.c_a])
-        return torch.softmax(e.logit_scale * e.images(images) @ text.T, -1)[:, 0].numpy()
+        return torch.softmax(e.logit_scale * e.images(images) @ text.T, -1)[:, 0].cpu().numpy()

@@ -115,13 +115,13 @@ class CCEAttack(WhiteBoxAttack[CCEBudget]):
         ids, where = LearnedTokens({placeholder: init}).tokenize(target.tokenizer, train)
         with torch.no_grad():
             base = target.token_embeddings(ids).float()
-        spot = torch.zeros(base.shape[:2] + (1,))
+        spot = torch.zeros(base.shape[:2] + (1,), device=base.device)
         for row, spots in enumerate(where):
             for pos, _ in spots:
                 spot[row, pos] = 1.0
 
         def loss_of(v: torch.Tensor, rows: torch.Tensor, draw) -> torch.Tensor:
-            embeds = base[rows] * (1 - spot[rows]) + spot[rows] * v.to(base.dtype)
+            embeds = base[rows] * (1 - spot[rows]) + spot[rows] * v.to(base.device, base.dtype)
             return objective.loss(ids[rows].to(base.device), embeds, *draw)
 
         # a fixed evaluation set (every pair once), to report the loss before and after
@@ -130,7 +130,7 @@ class CCEAttack(WhiteBoxAttack[CCEBudget]):
         with torch.no_grad():
             loss_start = float(loss_of(init, eval_rows, eval_draw).mean())
 
-        v = init.clone().requires_grad_(True)
+        v = init.to(base.device).clone().requires_grad_(True)
         opt = torch.optim.Adam([v], lr=b.lr)
         history = []
         for step in range(b.steps):

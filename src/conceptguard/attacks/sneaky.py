@@ -125,7 +125,7 @@ class SneakyPrompt(Attack[SneakyBudget]):
         ref = e.texts([original])
         for start in range(0, len(texts), 256):
             sims.append((e.texts(texts[start:start + 256]) @ ref.T)[:, 0])
-        return texts, torch.cat(sims).numpy().astype(np.float64), keep
+        return texts, torch.cat(sims).cpu().numpy().astype(np.float64), keep
 
     # ------------------------------------------------------------------ search
     def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:

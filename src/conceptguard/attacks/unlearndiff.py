@@ -84,8 +84,8 @@ def clip_image_embeds(embedder, images: torch.Tensor) -> torch.Tensor:
         top, left = max((x.shape[-2] - ch) // 2, 0), max((x.shape[-1] - cw) // 2, 0)
         x = x[..., top:top + ch, left:left + cw]
     if getattr(proc, "do_normalize", True):
-        mean = torch.tensor(proc.image_mean, dtype=x.dtype)[:, None, None]
-        std = torch.tensor(proc.image_std, dtype=x.dtype)[:, None, None]
+        mean = torch.tensor(proc.image_mean, dtype=x.dtype, device=x.device)[:, None, None]
+        std = torch.tensor(proc.image_std, dtype=x.dtype, device=x.device)[:, None, None]
         x = (x - mean) / std
     pooled = clip.vision_model(pixel_values=x.to(clip.device, clip.dtype)).pooler_output
     return F.normalize(clip.visual_projection(pooled).float(), dim=-1)
@@ -154,9 +154,9 @@ class DenoisingObjective:
         lo, hi = self.t_range
         u = (torch.arange(b, dtype=torch.float32) + torch.rand(b, generator=gen))[torch.randperm(b, generator=gen)] / b
         t = (lo + u * (hi - lo)).long().clamp(lo, hi - 1)
-        eps = torch.randn((b, *self.latents.shape[1:]), generator=gen)
         x0 = self.latents[which]
-        a = self.alphas[t].view(-1, 1, 1, 1)
+        eps = torch.randn((b, *self.latents.shape[1:]), generator=gen).to(x0.device)  # CPU draws: device-independent
+        a = self.alphas[t].view(-1, 1, 1, 1).to(x0.device)
         return a.sqrt() * x0 + (1 - a).sqrt() * eps, t, eps
 
     def loss(self, ids: torch.Tensor, token_embeds: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
@@ -195,7 +195,7 @@ def initial_prefixes(target: AttackTarget, words: list[str], images, n: int, k: 
     for _ in range(n):
         pick = top[torch.randperm(len(top), generator=gen)[:k]]
         rows.append(torch.cat([pick, pick[torch.randint(0, len(pick), (k - len(pick),), generator=gen)]]))
-    return torch.stack(rows)
+    return torch.stack(rows).cpu()  # the search state lives on the CPU
 
 
 # ------------------------------------------------------------------------------------ the attack
@@ -309,7 +309,7 @@ class UnlearnDiffAtk(WhiteBoxAttack[UnlearnDiffBudget]):
         ids = ids.clone()
         ids[:, 1:k + 1] = vocab[tokens]
         ids = ids[owner]
-        onehot = F.one_hot(tokens, len(vocab)).float()[owner]
+        onehot = F.one_hot(tokens, len(vocab)).to(E.device, E.dtype)[owner.to(E.device)]
         base = target.token_embeddings(ids).detach().float()
         x_t, t, eps = draw
         losses, grads = [], []
@@ -320,7 +320,7 @@ class UnlearnDiffAtk(WhiteBoxAttack[UnlearnDiffBudget]):
                 embeds = torch.cat([base[sl, :1], w @ E, base[sl, k + 1:]], 1)
                 loss = objective.loss(ids[sl], embeds, x_t[sl], t[sl], eps[sl])
                 if need_grad:
-                    grads.append(torch.autograd.grad(loss.sum(), w)[0])
+                    grads.append(torch.autograd.grad(loss.sum(), w)[0].cpu())  # the search state lives on the CPU
             losses.append(loss.detach().cpu())
         per_prompt = torch.zeros(n).index_add_(0, owner, torch.cat(losses)) / torch.bincount(owner, minlength=n)
         grad = torch.zeros(n, k, len(vocab)).index_add_(0, owner, torch.cat(grads)) if need_grad else None

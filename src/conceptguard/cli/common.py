@@ -43,14 +43,26 @@ TyperArgument.display_type = _readable_type(TyperArgument.display_type)  # type:
 
 
 @app.callback()
-def _threads(threads: Optional[int] = typer.Option(
+def _machine(threads: Optional[int] = typer.Option(
         None, "--threads", min=1, envvar="CONCEPTGUARD_THREADS",
         help="CPU threads torch computes with (default: torch's, one per core; OMP_NUM_THREADS also sets it). "
-             "Give each of several jobs on one machine its share: oversubscribed cores run 3-5x slower.")) -> None:
+             "Give each of several jobs on one machine its share: oversubscribed cores run 3-5x slower."),
+        device: Optional[str] = typer.Option(
+            None, "--device", envvar="CONCEPTGUARD_DEVICE",
+            help="Where models load and compute: cpu, cuda, cuda:N or mps (default: cuda when there is one, else cpu). "
+                 "A bench config's `device` overrides it."),
+        dtype: Optional[str] = typer.Option(
+            None, "--dtype", envvar="CONCEPTGUARD_DTYPE",
+            help="The diffusion pipeline's dtype: float32 (default), float16, bfloat16 or float64 (CLIP models "
+                 "stay float32). A bench config's `dtype` overrides it.")) -> None:
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    if device or dtype:
+        from conceptguard.models import set_placement
+
+        set_placement(device, dtype)
 
 
 def progress_bar() -> Progress:

@@ -131,7 +131,7 @@ def certify_cmd(filter_dir: Path = typer.Option(..., "--filter", help="A filter 
               "certified_accuracy": {str(e): certified_accuracy(cert["radius"], cert["correct"], e) for e in radii_eps},
               "radii": [round(float(r), 6) for r in cert["radius"]]}
     if adv:
-        shifts = (filt.embed(adv) - filt.embed(cln)).norm(dim=-1).numpy()
+        shifts = (filt.embed(adv) - filt.embed(cln)).norm(dim=-1).cpu().numpy()
         result["adversarial_shift"] = {"min": float(shifts.min()), "mean": float(shifts.mean()),
                                        "max": float(shifts.max())}
     if plot:

@@ -92,11 +92,11 @@ def train_allbutone(pipe, domain: Domain, concept: Concept, alternative: str | N
         c_alt = torch.cat([embeds[a] for _, a in batch])
         uncond = emb_0.repeat(len(batch), 1, 1)
         n_steps = int(rng.integers(0, hp["ddim_steps"]))
-        z = torch.randn((len(batch), unet.config.in_channels, size, size), generator=gen)
+        z = torch.randn((len(batch), unet.config.in_channels, size, size), generator=gen).to(unet.device, unet.dtype)
         z = sample_until(frozen, scheduler, z, c_e, uncond, hp["start_guidance"], n_steps)  # the original's x_t
         t = min(int(scheduler.timesteps[n_steps]) + int(rng.integers(0, stride)), scheduler.config.num_train_timesteps - 1)
         target = c_e if t > hp["layout_t"] else c_alt  # the noisiest steps keep the layout
-        t = torch.full((len(batch),), t)
+        t = torch.full((len(batch),), t, device=unet.device)
         c_r = emb_retain[torch.from_numpy(rng.integers(0, len(retain), len(batch)))]
         with torch.no_grad():
             o_0, o_alt, o_r = frozen(torch.cat([z] * 3), torch.cat([t] * 3),
@@ -167,7 +167,7 @@ def ddim_invert(pipe, image: torch.Tensor, cond: torch.Tensor, steps: int = 25,
 
     inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
     inverse.set_timesteps(steps)
-    z = pipe.vae.encode(image.to(pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+    z = pipe.vae.encode(image.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
     for t in inverse.timesteps[:n_steps]:
         eps = pipe.unet(z, t, encoder_hidden_states=cond).sample
         z = inverse.step(eps, t, z).prev_sample
@@ -207,5 +207,5 @@ def purify(pipe, edit: WeightEdit, images: list[Image.Image], prompt: str, num_i
                 eps = e_u + guidance_scale * (e_c - e_u)
             z = scheduler.step(eps, t, z).prev_sample
         out = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
-    arr = ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    arr = ((out.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]

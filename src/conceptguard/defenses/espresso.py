@@ -157,7 +157,8 @@ class EspressoFilter(PretrainedMixin, CertifiedImageFilter):
         x = self.embedder.images(images)
         p = p_unacceptable(x, c.t_u, c.t_a, self.scale, "softmax")
         truth = np.asarray(unacceptable, dtype=bool)
-        return {"radius": certified_radii(x, c.t_u, c.t_a, self.scale, self.tau).numpy(),
+        p = p.cpu()
+        return {"radius": certified_radii(x, c.t_u, c.t_a, self.scale, self.tau).cpu().numpy(),
                 "correct": (p.numpy() > self.tau) == truth, "p_u": p.numpy()}
 
     def _concept(self, name: str | None) -> ConceptPair:
@@ -211,15 +212,17 @@ class EspressoFilter(PretrainedMixin, CertifiedImageFilter):
         self.embedder, self.text_model, self.text_projection = embedder, text_model.eval(), projection
         self.tau = config["tau"] if tau is None else tau
         self.mode, self.replacement, self.name = config["mode"], "black", config.get("name", "espresso")
-        self.concepts = [ConceptPair(c["name"], c["text_u"], c["text_a"], tensors[f"concepts.{c['name']}/t_u"],
-                                     tensors[f"concepts.{c['name']}/t_a"]) for c in config["concepts"]]
+        device = embedder.clip.device  # the file's tensors load on the CPU; image embeddings are on the CLIP's device
+        self.concepts = [ConceptPair(c["name"], c["text_u"], c["text_a"], tensors[f"concepts.{c['name']}/t_u"].to(device),
+                                     tensors[f"concepts.{c['name']}/t_a"].to(device)) for c in config["concepts"]]
         self.training_summary = {k: config[k] for k in ("best_epoch", "history", "before") if k in config}
         return self
 
 
 def _text_embeds(text_model, projection, tokenizer, texts: list[str]) -> torch.Tensor:
     tok = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
-    pooled = text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
+    device = next(text_model.parameters()).device
+    pooled = text_model(input_ids=tok.input_ids.to(device), attention_mask=tok.attention_mask.to(device)).pooler_output
     return F.normalize(projection(pooled).float(), dim=-1)
 
 
@@ -255,7 +258,7 @@ class FinetuneResult:
 def _clip_loss(x: torch.Tensor, t: torch.Tensor, scale: float) -> torch.Tensor:
     """Symmetric CLIP contrastive loss between paired image and text embeddings."""
     logits = scale * x @ t.T
-    labels = torch.arange(len(x))
+    labels = torch.arange(len(x), device=x.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 

@@ -96,6 +96,7 @@ class SanitizerDefense(PretrainedMixin, EmbeddingDefense):
 
     def _sanitize(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor, alpha: float | None = None):
         mask = token_mask(input_ids, self.config["bos"], self.config["eos"]).to(prompt_embeds.device)
+        self.sanitizer.to(prompt_embeds.device)  # a no-op once it is there; the encoder may be on a GPU
         out, s = self.sanitizer(prompt_embeds.float(), self.alpha if alpha is None else alpha, mask)
         return out.to(prompt_embeds.dtype), s * mask
 
@@ -112,7 +113,7 @@ class SanitizerDefense(PretrainedMixin, EmbeddingDefense):
         """Each token (BPE piece) of the prompt with its harmfulness score and the word it belongs to."""
         ids = tokenizer([prompt], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
-            hidden = text_encoder(ids)[0]
+            hidden = text_encoder(ids.to(text_encoder.device))[0]
         _, s = self.sanitize(hidden, ids)
         n = int(token_mask(ids, self.config["bos"], self.config["eos"])[0].sum())
         tokens = tokenizer.convert_ids_to_tokens(ids[0, 1:1 + n].tolist())

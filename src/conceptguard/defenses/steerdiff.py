@@ -67,6 +67,7 @@ class SteerDiff(PretrainedMixin, EmbeddingDefense):
     def span_scores(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> list[list[tuple[int, int, float]]]:
         """Per prompt: (first, last + 1, score) of every window."""
         mask = token_mask(input_ids, self.config["bos"], self.config["eos"])
+        self.identifier.to(hidden.device)  # a no-op once it is there; the encoder may be on a GPU
         out: list[list[tuple[int, int, float]]] = []
         for h, m in zip(hidden.float(), mask):
             n = int(m.sum())
@@ -92,6 +93,7 @@ class SteerDiff(PretrainedMixin, EmbeddingDefense):
                eps: float | None = None) -> tuple[torch.Tensor, list[float]]:
         eps = self.eps if eps is None else eps
         hidden = prompt_embeds.float()
+        self.steer_map.to(hidden.device)
         moved = (1 - eps) * hidden + eps * self.steer_map(hidden)
         out = hidden.clone()
         tops = []

@@ -53,10 +53,13 @@ def length_with_eos(ids: torch.Tensor, eos: int) -> int:
 
 def encode(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, prompts: list[str],
            batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """last_hidden_state over all 77 positions (as SD conditions on it) and the token ids."""
+    """last_hidden_state over all 77 positions (as SD conditions on it) and the token ids, both
+    float32 on the CPU whatever the encoder's device and dtype: the small networks of ES and
+    SteerDiff train there."""
     ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
-        hidden = torch.cat([text_encoder(ids[i:i + batch])[0].float() for i in range(0, len(ids), batch)])
+        hidden = torch.cat([text_encoder(ids[i:i + batch].to(text_encoder.device))[0].float().cpu()
+                            for i in range(0, len(ids), batch)])
     return hidden, ids
 
 

@@ -236,7 +236,7 @@ class Aggregator:
             if not adv:
                 continue
             pair = [by_index[(r["prompt_index"], r["image_index"])] for r in adv]
-            shift = (filt.embed(self.images(adv, unfiltered=True)) - x_clean[pair]).norm(dim=-1).numpy()
+            shift = (filt.embed(self.images(adv, unfiltered=True)) - x_clean[pair]).norm(dim=-1).cpu().numpy()
             beyond = shift > cert["radius"][pair]
             out.append({**base, "attack": pset.name.removeprefix("adversarial-"), "n_adversarial": len(adv),
                         "mean_shift": round(float(shift.mean()), 4), "beyond_radius": round(float(beyond.mean()), 4)})

@@ -52,6 +52,10 @@ class BenchConfig(BaseModel):
                                "their prompts become `adversarial-<attack>` sets (docs/attacks.md)")
     attack_prompts: int = Field(8, ge=1, le=1000, description="adversarial prompts per attack, concept and stack")
     attack_budget: Literal["cpu", "paper"] = Field("cpu", description="cpu: small presets for the mini world")
+    device: str | None = Field(None, description="cpu, cuda, cuda:N or mps for every model the run loads "
+                               "(default: --device, else cuda when there is one)")
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = Field(
+        None, description="the diffusion pipeline's dtype (default: --dtype, else float32)")
     results_doc: str | None = Field(None, description="also write this Markdown file (e.g. docs/RESULTS.md)")
 
     @property
@@ -68,6 +72,13 @@ class BenchConfig(BaseModel):
     def _known_defenses(cls, value: list[str]) -> list[str]:
         stacks = [_as_value_error(check_stack, v) for v in value]
         return stacks if NONE in stacks else [NONE, *stacks]  # the reference for utility metrics
+
+    @field_validator("device")
+    @classmethod
+    def _usable_device(cls, value: str | None) -> str | None:
+        from conceptguard.models import resolve_device
+
+        return None if value is None else _as_value_error(resolve_device, value)
 
     @field_validator("prompt_files")
     @classmethod

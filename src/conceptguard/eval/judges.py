@@ -109,7 +109,7 @@ class ClipZeroShotJudge(Judge):
         if key not in self._text:
             self._text[key] = self.embedder.texts([c_u, c_a])
         logits = self.embedder.logit_scale * self.embedder.images(images) @ self._text[key].T
-        return torch.softmax(logits, -1)[:, 0].numpy()
+        return torch.softmax(logits, -1)[:, 0].cpu().numpy()
 
     def judge(self, images: list[Image.Image], concept: Concept) -> list[dict]:
         return [{"p": float(p), "present": bool(p > self.threshold)}

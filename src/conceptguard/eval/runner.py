@@ -28,7 +28,7 @@ from conceptguard.eval.prompt_sets import standard_sets
 from conceptguard.eval.store import RowKey, Store
 from conceptguard.guard import GuardedPipeline
 from conceptguard.miniworld.data import cache_dir
-from conceptguard.models import load_pipeline
+from conceptguard.models import load_pipeline, resolve_dtype, set_placement
 from conceptguard.progress import Progress, report
 from conceptguard.prompts import PromptSet
 
@@ -42,6 +42,7 @@ def _seed(base: int, prompt_index: int, image_index: int, per_prompt: int) -> in
 class Runner:
     def __init__(self, config: BenchConfig, out_dir: Path, progress: Progress | None = None) -> None:
         self.config, self.out = config, out_dir
+        set_placement(config.device, config.dtype)  # every model the run loads: pipeline, CLIPs, defenses
         self.domain: Domain = config.domain()
         self.images_dir = out_dir / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +172,9 @@ class Runner:
     def _image_path(self, stack: str, concept: str, prompt: str, seed: int) -> Path:
         c = self.config
         text = f"{c.model}|{stack}|{concept}|{prompt}|{seed}|{c.num_inference_steps}|{c.guidance_scale}"
+        dtype = resolve_dtype(c.dtype)
+        if str(dtype) != "torch.float32":  # another dtype draws other images (float32 keys stay as they were)
+            text += f"|{str(dtype).removeprefix('torch.')}"
         key = hashlib.sha256(text.encode()).hexdigest()[:20]
         return self.images_dir / key[:2] / f"{key}.png"
 

@@ -81,10 +81,11 @@ def train_esd(pipe, concept: Concept, variant: str = "x", seed: int = 0,
         cond = torch.cat([emb_p[p] for p in batch_prompts])
         uncond = emb_0.repeat(len(batch_prompts), 1, 1)
         n_steps = int(rng.integers(0, hp["ddim_steps"]))
-        z = torch.randn((len(batch_prompts), unet.config.in_channels, size, size), generator=gen)
+        # noise from a CPU generator (the same on every device), then onto the UNet's device and dtype
+        z = torch.randn((len(batch_prompts), unet.config.in_channels, size, size), generator=gen).to(unet.device, unet.dtype)
         z = sample_until(unet, scheduler, z, cond, uncond, hp["start_guidance"], n_steps)
         t = scheduler.timesteps[n_steps] + int(rng.integers(0, stride))
-        t = torch.full((len(batch_prompts),), min(int(t), scheduler.config.num_train_timesteps - 1))
+        t = torch.full((len(batch_prompts),), min(int(t), scheduler.config.num_train_timesteps - 1), device=unet.device)
         with torch.no_grad():
             e_0 = frozen(z, t, encoder_hidden_states=uncond).sample
             e_p = frozen(z, t, encoder_hidden_states=cond).sample

@@ -60,15 +60,15 @@ class SafetyCheckerFilter(PretrainedMixin, ImageFilter):
 
     def calibrate(self, concept: str, images_with: list[Image.Image], images_without: list[Image.Image]) -> float:
         k = list(self.phrases).index(concept)
-        pos = self.similarities(images_with)[:, k].numpy()
-        neg = self.similarities(images_without)[:, k].numpy()
+        pos = self.similarities(images_with)[:, k].cpu().numpy()
+        neg = self.similarities(images_without)[:, k].cpu().numpy()
         self.thresholds[concept] = best_threshold(pos, neg)
         return self.thresholds[concept]
 
     def check(self, images: list[Image.Image], prompts: list[str]) -> list[Decision]:
         sims = self.similarities(images)
         names = list(self.phrases)
-        limits = torch.tensor([self.thresholds[c] for c in names])
+        limits = torch.tensor([self.thresholds[c] for c in names], device=sims.device)
         out = []
         for row in sims:
             over = [names[k] for k in torch.nonzero(row > limits).flatten().tolist()]
@@ -93,5 +93,5 @@ class SafetyCheckerFilter(PretrainedMixin, ImageFilter):
         self = cls.__new__(cls)
         self.embedder = embedder or ClipEmbedder(*load_clip(config.get("base_clip")))
         self.phrases, self.thresholds = config["phrases"], config["thresholds"]
-        self.concept_embeds = tensors["concept_embeds"]
+        self.concept_embeds = tensors["concept_embeds"].to(self.embedder.clip.device)
         return self

@@ -55,7 +55,7 @@ def train_uce(pipe, concept: Concept, preserve: list[str] | None = None, replace
         w = module.weight.detach().float()
         d = w.shape[1]
         mat1 = lam * w
-        mat2 = lam * torch.eye(d)
+        mat2 = lam * torch.eye(d, device=w.device, dtype=w.dtype)
         for c_old, c_new in zip(old, new):
             c_old, c_new = _pair(c_old.float(), c_new.float())
             mat1 = mat1 + erase_scale * (w @ c_new.T) @ c_old
