@@ -201,4 +201,6 @@ def test_filter_on_the_mini_clip_refuses_a_real_world_concept(tmp_path):
     run_cli("world", "render", "--out", str(tmp_path), "--n", "1", "--concept", "burning")
     image = str(tmp_path / "00000.png")
     assert_one_line_error(run_cli("filter", image, "--concept", "nudity"), "unknown concept 'nudity'")
+    # the judge as well: the mini CLIP scoring nudity answered silently before
+    assert_one_line_error(run_cli("judge", image, "--judge", "clip", "--concept", "nudity"), "unknown concept 'nudity'")
     assert json.loads(run_cli("filter", image, "--concept", "burning", "--json").stdout)["rows"][0]["blocked"]

@@ -72,7 +72,9 @@ def judge_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Im
               judge: str = typer.Option("oracle", "--judge", help="oracle, clip, or nudenet[:unlearndiffatk|erasurebench]."),
               concept: Optional[str] = typer.Option(None, "--concept", help="Concept to score (oracle and clip: required, "
                                                     "the clip judge compares c_u with c_a; nudenet: nudity, the default)."),
-              clip: Optional[str] = typer.Option(None, "--clip", help="CLIP for the clip judge (default: the mini CLIP)."),
+              clip: Optional[str] = typer.Option(
+                  None, "--clip", help="CLIP for the clip judge (default: the mini CLIP, which knows only the mini "
+                                       "world's concepts; for real ones name e.g. openai/clip-vit-large-patch14)."),
               as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Judge images: is the concept there, and how sure is the judge."""
     from conceptguard.domains import get_concept, get_domain
@@ -84,10 +86,13 @@ def judge_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Im
             raise InvalidInputError(f"name the concept to score with --concept (the {judge} judge scores one "
                                     "concept at a time)")
         concept = "nudity"
+    # the oracle and the mini CLIP know only the mini world's concepts; a named CLIP, any concept
+    mini_only = judge == "oracle" or (judge == "clip" and clip is None)
+    target = get_concept(concept, get_domain(None, None) if mini_only else None)
     pictures = read_images(images)
     domain = get_domain(None, clip)
     j = get_judge(judge, domain)
-    verdicts = j.judge(pictures, get_concept(concept))
+    verdicts = j.judge(pictures, target)
     rows = [{"image": str(p), "judge": j.describe(), "concept": concept, **v} for p, v in zip(images, verdicts)]
     if as_json:
         emit_json(rows)
