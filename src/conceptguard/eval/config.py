@@ -14,6 +14,7 @@ from conceptguard.domain import Domain
 from conceptguard.domains import MINIWORLD, get_domain
 from conceptguard.errors import ConceptGuardError, ConfigError, InvalidInputError
 from conceptguard.eval.judges import check_judge
+from conceptguard.prompts import read_prompt_file
 
 DEFAULT_STACKS = ("none", "blocklist", "negative-prompt", "sld-weak", "sld-medium", "sld-strong", "sld-max",
                   "safety-checker", "esd-x", "esd-u", "uce", "espresso", "espresso-ft", "sanitizer", "steerdiff",
@@ -83,11 +84,14 @@ class BenchConfig(BaseModel):
     @field_validator("prompt_files")
     @classmethod
     def _readable_prompt_files(cls, value: dict[str, str]) -> dict[str, str]:
-        """Read each file now: a bad one stops the run before anything is written."""
-        from conceptguard.eval.prompt_sets import load_prompt_file
-
+        """Read each file now: a bad one stops the run before anything is written (a folder must
+        be one `conceptguard attack` saved)."""
         for name, path in value.items():
-            _as_value_error(lambda p: load_prompt_file(p, "check", name), path)
+            if Path(path).is_dir():
+                if not (Path(path) / "result.json").is_file():
+                    raise ValueError(f"{name}: {path} is a folder without the result.json of `conceptguard attack`")
+            else:
+                _as_value_error(lambda p: read_prompt_file(p, "check", name), path)
         return value
 
     @field_validator("judges")
