@@ -105,6 +105,8 @@ class BenchConfig(BaseModel):
         domain = self.domain()
         try:
             names = self.concepts if self.concepts is not None else domain.default_concepts
+            if not names:
+                raise ValueError("concepts: the list is empty (leave the field out for the domain's concepts)")
             self.concepts = [domain.concept(n).name for n in names]
         except ConceptGuardError as exc:  # the message names the field: the error has no location
             raise ValueError(f"concepts: {exc}") from exc
