@@ -50,6 +50,14 @@ def invoke(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def written(tmp_path_factory, stem: str, file: tuple[bytes, str]) -> Path:
+    """A drawn (bytes, extension) written to a fresh folder as STEM + extension."""
+    data, extension = file
+    path = tmp_path_factory.mktemp(stem) / f"{stem}{extension}"
+    path.write_bytes(data)
+    return path
+
+
 def assert_works_or_one_line(code: int, err: str) -> None:
     assert "Traceback" not in err, err
     assert code in (0, 2), (code, err)
@@ -133,9 +141,7 @@ def image_files(draw) -> tuple[bytes, str]:
 @fuzz(40)
 @given(file=image_files())
 def test_any_image_file_is_judged_or_refused_in_one_line(tmp_path_factory, file):
-    data, extension = file
-    path = tmp_path_factory.mktemp("img") / f"input{extension}"
-    path.write_bytes(data)
+    path = written(tmp_path_factory, "input", file)
     code, stdout, err = invoke("judge", str(path), "--concept", "burning", "--json")
     assert_works_or_one_line(code, err)
     if code == 0:
@@ -225,9 +231,7 @@ def prompt_files(draw) -> tuple[bytes, str]:
 @fuzz(150)
 @given(file=prompt_files())
 def test_any_prompt_file_reads_or_fails_in_one_line(tmp_path_factory, file):
-    data, extension = file
-    path = tmp_path_factory.mktemp("prompts") / f"prompts{extension}"
-    path.write_bytes(data)
+    path = written(tmp_path_factory, "prompts", file)
     try:
         prompts = load_prompt_file(path, "burning").prompts
     except InvalidInputError as exc:
