@@ -76,7 +76,7 @@ def sheets_cmd(run: Path = typer.Argument(..., help="The bench run to sample fro
 
 @audit_app.command("score")
 def score_cmd(runs: list[Path] = typer.Argument(..., metavar="RUN", help="The bench runs the labelled images come from "
-                                              "(configs/audit.yaml's, -2's and -3's)."),
+                                              "(configs/audit.yaml's and audit-2..4's)."),
               labels: Optional[Path] = typer.Option(None, "--labels", help="Labels CSV (default: the mini world's "
                                                     "shipped audit labels)."),
               judges: list[str] = typer.Option(["oracle", "clip"], "--judge", help="Judges to measure (repeatable)."),
@@ -136,7 +136,7 @@ def score_cmd(runs: list[Path] = typer.Argument(..., metavar="RUN", help="The be
 
 @audit_app.command("tune-oracle")
 def tune_oracle_cmd(runs: list[Path] = typer.Argument(..., metavar="RUN", help="The bench runs the labelled images come from "
-                                                     "(configs/audit.yaml's, -2's and -3's)."),
+                                                     "(configs/audit.yaml's and audit-2..4's)."),
                     labels: Optional[Path] = typer.Option(None, "--labels", help="Labels CSV (default: the mini "
                                                           "world's shipped audit labels)."),
                     seed: int = typer.Option(0, "--seed", help="Training seed (deterministic per seed)."),
@@ -186,6 +186,5 @@ def locate_images(runs: list[Path], images: list[str]) -> dict[str, Path]:
     if missing:
         raise InvalidInputError(f"{len(missing)} labelled images are not in {', '.join(map(str, runs))} (e.g. "
                                 f"{missing[0]}); regenerate them with `conceptguard bench --config configs/audit.yaml "
-                                "--out runs/audit`, and likewise configs/audit-2.yaml and audit-3.yaml into runs/audit-2 "
-                                "and runs/audit-3")
+                                "--out runs/audit`, and likewise configs/audit-N.yaml into runs/audit-N for N = 2, 3, 4")
     return found
