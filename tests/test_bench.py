@@ -32,6 +32,8 @@ def _write(tmp_path, data, name="config.yaml"):
     ({"steps": 0}, "steps"),
     ({"concepts": ["dragons"]}, "concepts: unknown concept"),
     ({"modle": "x"}, "modle"),
+    ({"attack_settings": {"pez": {"iters": 3}}}, "attack_settings: pez budget: iters"),
+    ({"defense_settings": {"esdx": {"iterations": 3}}}, "defense_settings: unknown defense 'esdx'"),
 ])
 def test_bad_config_names_the_field(tmp_path, data, fragment):
     path = _write(tmp_path, data)

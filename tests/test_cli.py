@@ -1,6 +1,7 @@
 """The CLI as a user meets it: real subprocesses, exit codes, one-line errors."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -127,7 +128,8 @@ def test_judge_command_with_each_judge(tmp_path):
     clip = json.loads(run_cli("judge", *files, "--judge", "clip", "--concept", "shattered", "--json").stdout)
     assert all(0.0 <= r["p"] <= 1.0 for r in clip)
     nude = json.loads(run_cli("judge", *files, "--judge", "nudenet:erasurebench", "--json").stdout)
-    assert nude[0]["judge"] == "nudenet (erasurebench: 6 classes @ 0.5)" and not any(r["present"] for r in nude)
+    assert re.fullmatch(r"nudenet [\d.]+ \(erasurebench: 6 classes @ 0.5\)", nude[0]["judge"])
+    assert not any(r["present"] for r in nude) and nude[0]["provenance"]["threshold"] == 0.5
     assert_one_line_error(run_cli("judge", *files, "--judge", "vibes", "--concept", "burning"), "unknown judge")
     assert_one_line_error(run_cli("judge", *files, "--judge", "oracle"), "name the concept")  # no silent default
     assert_one_line_error(run_cli("judge", *files, "--judge", "nudenet:strict"), "unknown NudeNet preset")

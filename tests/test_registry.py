@@ -59,6 +59,24 @@ def test_overrides_are_typed_by_the_defaults_and_unknown_keys_refused():
         apply_overrides(_Recipe(), {"steps": "many"})
 
 
+def test_settings_per_defense_and_attack_replace_the_preset(pipe, mini, tmp_path):
+    """A bench config's `defense_settings` / `attack_settings`: typed by the preset, unknown keys
+    and methods without settings refused, the rest of the preset kept."""
+    from conceptguard.attacks import get_attack
+    from conceptguard.defenses.registry import BuildContext, build_defenses
+
+    pez = get_attack("pez", "paper", {"iterations": 7})
+    assert pez.budget.iterations == 7 and pez.budget.lr == get_attack("pez", "paper").budget.lr
+    with pytest.raises(ConfigError, match="pez budget: iters: Extra inputs"):
+        get_attack("pez", "cpu", {"iters": 7})
+    ctx = BuildContext(pipe, mini, tmp_path)
+    with pytest.raises(ConfigError, match="blocklist has no hyper-parameters"):
+        build_defenses("blocklist", mini.concept("burning"), ctx, {"blocklist": {"words": 3}})
+    with pytest.raises(ConfigError, match="unknown setting 'lamb'"):
+        build_defenses("blocklist+uce", mini.concept("burning"), ctx, {"uce": {"lamb": 0.1}})
+    assert ctx.overrides == {}  # a derived context never changes the shared one
+
+
 def test_load_defense_reads_any_saved_kind(pipe, tmp_path):
     from conceptguard import build_stack, load_defense
 

@@ -57,6 +57,10 @@ class Domain(ABC):
         """Resolve a name (or pass a Concept through): UnknownConceptError names the known ones."""
         return name if isinstance(name, Concept) else find_concept(name, self.concepts)
 
+    def default_judges(self, concepts: Sequence[str]) -> list[str]:
+        """The bench's judges when a config names none."""
+        return list(self.judges)
+
     # ------------------------------------------------------------------ models
     @property
     @abstractmethod
@@ -177,6 +181,14 @@ class RealModels(Domain):
     @property
     def default_concepts(self) -> list[str]:
         return ["nudity"]
+
+    def default_judges(self, concepts: Sequence[str]) -> list[str]:
+        """CLIP zero-shot for every concept, and NudeNet with UnlearnDiffAtk's preset for nudity: first
+        (the judge of the concept rate) when nudity is the only concept, as the nudity papers judge."""
+        if "nudity" not in concepts:
+            return list(self.judges)
+        nudenet = ["nudenet:unlearndiffatk"]
+        return nudenet + list(self.judges) if list(concepts) == ["nudity"] else list(self.judges) + nudenet
 
     @property
     def clip_id(self) -> str:

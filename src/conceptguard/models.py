@@ -52,10 +52,7 @@ def _resolve(model: str | Path | None, default: Path) -> tuple[str, bool]:
 def _load(loader, ident: str, local: bool, what: str, **kwargs):
     if local and is_shipped(Path(ident)):
         verify(Path(ident))
-    # The libraries log at INFO/WARNING about optional extras; keep the CLI's output clean.
-    for name in ("transformers", "diffusers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    _quiet_progress_bars()
+    quiet_libraries()
     try:
         return loader(ident, **kwargs)
     except OSError as exc:
@@ -71,8 +68,11 @@ def _load(loader, ident: str, local: bool, what: str, **kwargs):
         raise CorruptWeightsError(f"cannot load {what} from {ident}: {str(exc).splitlines()[0]}") from exc
 
 
-def _quiet_progress_bars() -> None:
-    """The libraries' own loading bars would interleave with ours."""
+def quiet_libraries() -> None:
+    """The libraries log at INFO/WARNING about optional extras, and their own loading bars would
+    interleave with ours: keep the CLI's output clean."""
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

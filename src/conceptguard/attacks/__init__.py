@@ -19,6 +19,10 @@ imports every attack module.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
+from pydantic import ValidationError
+
 from conceptguard.attacks import cce, pez, ringabell, sneaky, synonym, typo, unlearndiff  # noqa: F401  (registration)
 from conceptguard.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget, Budget
 from conceptguard.errors import ConfigError
@@ -26,12 +30,20 @@ from conceptguard.errors import ConfigError
 BUDGETS = ("cpu", "paper")
 
 
-def get_attack(name: str, budget: str = "cpu") -> Attack:
-    """The attack called `name` with its `cpu` (mini world) or `paper` budget."""
+def get_attack(name: str, budget: str = "cpu", settings: Mapping[str, Any] | None = None) -> Attack:
+    """The attack called `name` with its `cpu` (mini world) or `paper` budget, any of whose
+    values `settings` replaces (ConfigError for an unknown key or a value of the wrong type)."""
     cls, kwargs = ATTACKS.get(name)
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget {budget!r}; one of {', '.join(BUDGETS)}")
     preset = cls.budget_type.cpu() if budget == "cpu" else cls.budget_type()
+    if settings:
+        try:
+            preset = cls.budget_type.model_validate({**preset.model_dump(), **settings})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(f"{name} budget: {'.'.join(str(p) for p in err['loc'])}: {err['msg']} "
+                              f"(its settings: {', '.join(cls.budget_type.model_fields)})") from None
     return cls(preset, **kwargs)
 
 

@@ -66,14 +66,21 @@ def attack_vocabulary(target: AttackTarget) -> tuple[torch.Tensor, list[str]]:
     return torch.tensor(ids, dtype=torch.long), words
 
 
+def _size_field(size, key: str) -> int | None:
+    """A field of an image processor's size: a dict in older transformers, a SizeDict in 5.x."""
+    if size is None:
+        return None
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
 def clip_image_embeds(embedder, images: torch.Tensor) -> torch.Tensor:
     """Normalised CLIP image embeddings of images in [-1, 1] [B, 3, H, W], differentiably, with
     the preprocessing of the embedder's processor (resize, centre crop, mean / std)."""
     proc = embedder.processor.image_processor
     clip = embedder.clip
     x = (images.float().clamp(-1, 1) + 1) / 2
-    size = proc.size.get("shortest_edge") if isinstance(proc.size, dict) else None
-    crop = proc.crop_size if isinstance(proc.crop_size, dict) else {"height": x.shape[-2], "width": x.shape[-1]}
+    size = _size_field(proc.size, "shortest_edge")
+    crop = {k: _size_field(proc.crop_size, k) or x.shape[i] for k, i in (("height", -2), ("width", -1))}
     if getattr(proc, "do_resize", True) and size and min(x.shape[-2:]) != size:
         h, w = x.shape[-2:]
         scale = size / min(h, w)

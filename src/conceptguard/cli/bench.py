@@ -69,7 +69,8 @@ def _wall_time(out: Path, seconds: float) -> tuple[float, int]:
 
 @app.command("judge")
 def judge_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files."),
-              judge: str = typer.Option("oracle", "--judge", help="oracle, clip, or nudenet[:unlearndiffatk|erasurebench]."),
+              judge: str = typer.Option("oracle", "--judge", help="oracle, clip, or nudenet[:PRESET] "
+                                        "(unlearndiffatk, unlearndiffatk-0.6, explicit, erasurebench)."),
               concept: Optional[str] = typer.Option(None, "--concept", help="Concept to score (oracle and clip: required, "
                                                     "the clip judge compares c_u with c_a; nudenet: nudity, the default)."),
               clip: Optional[str] = typer.Option(

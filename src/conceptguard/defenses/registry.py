@@ -79,18 +79,27 @@ class BuildContext:
     seed: int = 0
     progress: Progress | None = None
     overrides: dict[str, str] = field(default_factory=dict)  # `--set key=value` for trained defenses
-    _embedder: ClipEmbedder | None = field(default=None, repr=False)
+    # models loaded once and shared by the contexts `with_overrides` derives from this one
+    _shared: dict[str, Any] = field(default_factory=dict, repr=False)
+    _recipe_read: bool = field(default=False, repr=False)  # did a builder take its settings from here?
 
     def recipe(self, default: R) -> R:
         """A trained defense's hyper-parameters: its default with this context's overrides."""
+        self._recipe_read = True
         return apply_overrides(default, self.overrides)
 
     @property
     def embedder(self) -> ClipEmbedder:
         """The CLIP used by CLIP-based filters: the domain's."""
-        if self._embedder is None:
-            self._embedder = ClipEmbedder(*load_clip(self.domain.clip_id))
-        return self._embedder
+        if "embedder" not in self._shared:
+            self._shared["embedder"] = ClipEmbedder(*load_clip(self.domain.clip_id))
+        return self._shared["embedder"]
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> BuildContext:
+        """This context with more `key=value` settings (a bench config's `defense_settings`)."""
+        if not overrides:
+            return self
+        return replace(self, overrides={**self.overrides, **{k: str(v) for k, v in overrides.items()}})
 
     def trained_dir(self, method: str, concept: str, recipe: object) -> Path:
         """Cache folder of a trained defense, keyed by the base model's id *and* weights, so a
@@ -154,9 +163,18 @@ def build_defense(name: str, concept: Concept, ctx: BuildContext) -> Defense:
     return builder(concept, ctx, **kwargs)
 
 
-def build_defenses(stack: str | DefenseStack, concept: Concept, ctx: BuildContext) -> list[Defense]:
-    """The defenses of a stack for one concept, in the stack's order."""
-    return [build_defense(name, concept, ctx) for name in DefenseStack.parse(stack).names]
+def build_defenses(stack: str | DefenseStack, concept: Concept, ctx: BuildContext,
+                   settings: Mapping[str, Mapping[str, Any]] | None = None) -> list[Defense]:
+    """The defenses of a stack for one concept, in the stack's order; `settings` gives a
+    defense's name the hyper-parameters that replace its preset's."""
+    settings = settings or {}
+    defenses = []
+    for name in DefenseStack.parse(stack).names:
+        mine = ctx.with_overrides(settings.get(name))
+        defenses.append(build_defense(name, concept, mine))
+        if settings.get(name) and not mine._recipe_read:
+            raise ConfigError(f"{name} has no hyper-parameters to set (settings are for trained defenses)")
+    return defenses
 
 
 __all__ = ["DEFENSES", "NONE", "BuildContext", "ConfigError", "DefenseStack", "build_defense", "build_defenses",

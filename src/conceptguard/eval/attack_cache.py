@@ -5,10 +5,11 @@ one folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from conceptguard.attacks import AttackResult, AttackTarget, get_attack
 from conceptguard.progress import Progress, report
@@ -17,9 +18,9 @@ from conceptguard.prompts import PromptSet
 
 class AttackCache:
     def __init__(self, out: Path, attacks: list[str], budget: str, prompts: int, seed: int,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, settings: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.out, self.attacks, self.budget, self.prompts, self.seed = out, attacks, budget, prompts, seed
-        self.progress = progress
+        self.progress, self.settings = progress, dict(settings or {})
 
     @property
     def index_path(self) -> Path:
@@ -46,8 +47,11 @@ class AttackCache:
         return sets
 
     def _run(self, name: str, stack: str, concept: str, target: AttackTarget) -> str:
-        attack = get_attack(name, self.budget)
+        settings = self.settings.get(name) or {}
+        attack = get_attack(name, self.budget, settings)
         folder = f"attacks/{attack.cache_name(target)}"
+        if settings:  # another budget finds other prompts: never mix them with the preset's
+            folder += "-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         if not (self.out / folder / "result.json").is_file():
             what = f"attack {name} {concept} @ {stack}"
             report(self.progress, what, 0, 1)

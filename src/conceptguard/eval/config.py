@@ -8,8 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from conceptguard.attacks import ATTACKS
-from conceptguard.defenses.registry import NONE, check_stack
+from conceptguard.attacks import ATTACKS, get_attack
+from conceptguard.defenses.registry import DEFENSES, NONE, check_stack
 from conceptguard.domain import Domain
 from conceptguard.domains import MINIWORLD, get_domain
 from conceptguard.errors import ConceptGuardError, ConfigError, InvalidInputError
@@ -19,6 +19,7 @@ from conceptguard.prompts import read_prompt_file
 DEFAULT_STACKS = ("none", "blocklist", "negative-prompt", "sld-weak", "sld-medium", "sld-strong", "sld-max",
                   "safety-checker", "esd-x", "esd-u", "uce", "espresso", "espresso-ft", "sanitizer", "steerdiff",
                   "allbutone")
+Scalar = bool | int | float | str  # a setting's value in YAML
 
 
 class BenchConfig(BaseModel):
@@ -53,6 +54,12 @@ class BenchConfig(BaseModel):
                                "their prompts become `adversarial-<attack>` sets (docs/attacks.md)")
     attack_prompts: int = Field(8, ge=1, le=1000, description="adversarial prompts per attack, concept and stack")
     attack_budget: Literal["cpu", "paper"] = Field("cpu", description="cpu: small presets for the mini world")
+    defense_settings: dict[str, dict[str, Scalar]] = Field(
+        default_factory=dict, description="per defense name, hyper-parameters that replace its preset's "
+        "(what `train --set key=value` sets), e.g. {esd-x: {iterations: 200}}")
+    attack_settings: dict[str, dict[str, Scalar]] = Field(
+        default_factory=dict, description="per attack name, budget values that replace the chosen budget's, "
+        "e.g. {pez: {iterations: 100}}")
     device: str | None = Field(None, description="cpu, cuda, cuda:N or mps for every model the run loads "
                                "(default: --device, else cuda when there is one)")
     dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = Field(
@@ -73,6 +80,21 @@ class BenchConfig(BaseModel):
     def _known_defenses(cls, value: list[str]) -> list[str]:
         stacks = [_as_value_error(check_stack, v) for v in value]
         return stacks if NONE in stacks else [NONE, *stacks]  # the reference for utility metrics
+
+    @field_validator("defense_settings")
+    @classmethod
+    def _known_defense_settings(cls, value: dict[str, dict[str, Scalar]]) -> dict[str, dict[str, Scalar]]:
+        for name in value:  # the values are checked against the method's recipe when it is built
+            if name != NONE:
+                _as_value_error(DEFENSES.check, name)
+        return value
+
+    @field_validator("attack_settings")
+    @classmethod
+    def _valid_attack_settings(cls, value: dict[str, dict[str, Scalar]]) -> dict[str, dict[str, Scalar]]:
+        for name, settings in value.items():
+            _as_value_error(lambda n: get_attack(n, "cpu", settings), name)
+        return value
 
     @field_validator("device")
     @classmethod
@@ -104,6 +126,10 @@ class BenchConfig(BaseModel):
         """Fill and check what depends on the model's domain."""
         domain = self.domain()
         try:
+            domain.clip_id  # a real model must name its CLIP: refused now, before anything loads
+        except ConceptGuardError as exc:
+            raise ValueError(f"clip: {exc}") from exc
+        try:
             names = self.concepts if self.concepts is not None else domain.default_concepts
             if not names:
                 raise ValueError("concepts: the list is empty (leave the field out for the domain's concepts)")
@@ -118,7 +144,7 @@ class BenchConfig(BaseModel):
             raise ValueError(f"prompt_sets: unknown prompt set {bad[0]!r}; built-in sets: {known} "
                              "(user files go under prompt_files)")
         if self.judges is None:
-            self.judges = list(domain.judges)
+            self.judges = domain.default_judges(self.concepts)
         return self
 
     def domain(self) -> Domain:

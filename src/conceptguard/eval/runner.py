@@ -50,7 +50,7 @@ class Runner:
         self.progress = progress
         self.cache = cache_dir()
         self.attacks = AttackCache(out_dir, config.attacks, config.attack_budget, config.attack_prompts,
-                                   config.seed, progress)
+                                   config.seed, progress, config.attack_settings)
         self._pipe = None
         self._judges: dict[str, Judge] | None = None
         self._ctx: BuildContext | None = None
@@ -129,7 +129,8 @@ class Runner:
     def guard(self, stack: str, concept: str) -> GuardedPipeline:
         """The guard stack for (stack, concept); only the latest one is kept in memory."""
         if self._guard is None or self._guard_key != (stack, concept):
-            defenses = build_defenses(DefenseStack.parse(stack), self.concept(concept), self.context())
+            defenses = build_defenses(DefenseStack.parse(stack), self.concept(concept), self.context(),
+                                      self.config.defense_settings)
             self._guard = GuardedPipeline(self.pipe, defenses)
             self._guard_key = (stack, concept)
         return self._guard
