@@ -51,6 +51,28 @@ SHAPES: dict[str, Shape] = {
 }
 
 
+# Settings for smoke runs through the bench (`defense_settings` / `attack_settings`): a few steps and
+# iterations each, to check the plumbing -- shapes, devices, dtypes -- not what training achieves.
+SMOKE_DEFENSE_SETTINGS: dict[str, dict] = {
+    "esd-x": {"iterations": 2, "ddim_steps": 2}, "esd-u": {"iterations": 2, "ddim_steps": 2},
+    "allbutone": {"iterations": 2, "ddim_steps": 2, "batch": 1},
+    "sanitizer": {"pairs": 16, "benign": 16, "steps": 3, "batch": 8},
+    "steerdiff": {"pairs": 16, "benign": 16, "epochs": 1},
+    "espresso-ft": {"pairs": 4, "val_pairs": 2, "epochs": 1, "batch": 2},
+}
+_TOKEN_SEARCH = {"iterations": 2, "images": 2}
+# init_pool 0: ranking the whole 49,408-token vocabulary through a 768-wide text tower takes
+# minutes on a CPU (the mini-world tests cover that step)
+_UNLEARNDIFF = {"iterations": 2, "candidates": 2, "draws": 1, "init_pool": 0}
+_CCE = {"steps": 2, "images": 2, "batch": 1}
+SMOKE_ATTACK_SETTINGS: dict[str, dict] = {
+    "pez": _TOKEN_SEARCH, "typo+": _TOKEN_SEARCH, "cce": _CCE, "cce+": _CCE,
+    "unlearndiff": _UNLEARNDIFF, "unlearndiff+": _UNLEARNDIFF,
+    "ringabell": {"population": 4, "generations": 1, "pairs": 4, "elite": 1, "tournament": 2},
+    "sneaky": {"queries": 2, "candidates": 64, "pool": 4, "steps": 2},
+}
+
+
 def unet_config(shape: Shape) -> dict:
     """SD v1.x's UNet2DConditionModel configuration (CompVis/stable-diffusion-v1-4)."""
     return dict(sample_size=shape.sample_size, in_channels=4, out_channels=4, layers_per_block=shape.unet_layers,
@@ -122,4 +144,4 @@ def save_sd_shaped(folder: str | Path, size: Size = "test", seed: int = 0) -> tu
     return pipe_dir, clip_out
 
 
-__all__ = ["SHAPES", "Shape", "save_sd_shaped"]
+__all__ = ["SHAPES", "SMOKE_ATTACK_SETTINGS", "SMOKE_DEFENSE_SETTINGS", "Shape", "save_sd_shaped"]
