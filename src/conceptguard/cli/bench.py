@@ -24,11 +24,18 @@ def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML
                                                          "(e.g. docs/BENCH.md); overrides the config's results_doc."),
               rejudge: bool = typer.Option(False, "--rejudge", help="First judge every stored image again with the "
                                            "current judges (needed after a judge's weights changed)."),
-              as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout.")) -> None:
+              dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan -- cells, images, judges, "
+                                           "what downloads or trains, missing prompt files, a time estimate from "
+                                           "measured costs -- and run nothing."),
+              as_json: bool = typer.Option(False, "--json", help="Print results.json (with --dry-run: the plan) to stdout.")
+              ) -> None:
     """Run a benchmark: generate, judge, store (resumable) and report."""
     from conceptguard.eval.report import print_table, write_report
     from conceptguard.eval.runner import Runner, load_config
 
+    if dry_run:
+        _print_plan(load_config(config, plan=True), out, as_json)
+        return
     cfg = load_config(config)
     if results_doc is not None:
         cfg.results_doc = str(results_doc)
@@ -56,6 +63,36 @@ def bench_cmd(config: Optional[Path] = typer.Option(None, "--config", help="YAML
     console.print(f"{plural(images, 'image')} in {plural(len(results['rows']), 'result row')}, {results['seconds']} s; "
                   f"report: {files['html']}"
                   + (f"; {files['results_doc']}" if "results_doc" in files else ""))
+
+
+def _print_plan(cfg, out: Path, as_json: bool) -> None:
+    from conceptguard.eval.plan import plan
+
+    found = plan(cfg, out if out.is_dir() else None)
+    if as_json:
+        emit_json(found)
+        return
+    table = Table(title="bench plan (nothing run)", show_header=False)
+    clip = found["clip"]
+    missing = found["missing_prompt_files"]
+    images = f"{found['images']:,}" + ("" if found["images_complete"] else " (+ those of the missing prompt files)")
+    minutes = found["estimated_minutes"]
+    for key, value in [
+        ("model", f"{found['model']['id']} -- {found['model']['status']}"),
+        ("clip", f"{clip['id']} -- {clip['status']}" if clip else "the mini CLIP"),
+        ("device / dtype", f"{found['device'] or 'default'} / {found['dtype']}"),
+        ("stacks", ", ".join(found["stacks"])), ("concepts", ", ".join(found["concepts"])),
+        ("prompt sets", ", ".join(found["prompt_sets"])), ("cells", str(found["cells"])), ("images", images),
+        ("judges", ", ".join(found["judges"] or [])),
+        ("attacks", f"{', '.join(found['attacks'])} at the {found['attack_budget']} budget" if found["attacks"] else "none"),
+        ("trained on first use", ", ".join(found["trained_on_first_use"]) or "nothing"),
+        ("missing prompt files", ", ".join(missing) if missing else "none"),
+        ("time per image", "unknown" if found["seconds_per_image"] is None else f"{found['seconds_per_image']:.3f} s"),
+        ("estimate", ("unknown" if minutes is None else f"{minutes} min of generation and judging "
+                      "(training and attack searches on top)") + f"; {found['estimate_source']}"),
+    ]:
+        table.add_row(key, value)
+    Console().print(table)
 
 
 def _wall_time(out: Path, seconds: float) -> tuple[float, int]:

@@ -13,7 +13,6 @@ import typer
 from conceptguard.cli.common import app, console, emit_json, out_dir, progress_bar, reporter
 from conceptguard.errors import InvalidInputError
 
-TRAINABLE = ("esd-x", "esd-u", "uce", "allbutone", "sanitizer", "steerdiff", "espresso-ft")
 ALIASES = {"espresso": "espresso-ft"}  # earlier spellings; `esd` takes --variant
 
 
@@ -35,6 +34,8 @@ def method_name(method: str, variant: Optional[str]) -> str:
         return f"esd-{variant}"
     if variant is not None:
         raise InvalidInputError("--variant belongs to `train esd`")
+    from conceptguard.defenses.registry import TRAINABLE
+
     method = ALIASES.get(method, method)
     if method not in TRAINABLE:
         raise InvalidInputError(f"unknown method {method!r}; one of {', '.join(TRAINABLE)}")

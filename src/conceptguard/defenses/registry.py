@@ -30,6 +30,8 @@ class Builder(Protocol):
 
 DEFENSES: Registry[Any] = Registry("defense")
 NONE = "none"  # the undefended model: the reference every metric compares with
+# defenses trained on first use (then cached), whose hyper-parameters `--set` / `defense_settings` set
+TRAINABLE = ("esd-x", "esd-u", "uce", "allbutone", "sanitizer", "steerdiff", "espresso-ft")
 
 
 class Pretrained(Protocol):
@@ -177,5 +179,5 @@ def build_defenses(stack: str | DefenseStack, concept: Concept, ctx: BuildContex
     return defenses
 
 
-__all__ = ["DEFENSES", "NONE", "BuildContext", "ConfigError", "DefenseStack", "build_defense", "build_defenses",
+__all__ = ["DEFENSES", "NONE", "TRAINABLE", "BuildContext", "ConfigError", "DefenseStack", "build_defense", "build_defenses",
            "check_stack"]

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from conceptguard.attacks import ATTACKS, get_attack
 from conceptguard.defenses.registry import DEFENSES, NONE, check_stack
@@ -37,7 +37,8 @@ class BenchConfig(BaseModel):
     concepts: list[str] | None = None
     prompt_sets: list[str] | None = None
     prompt_files: dict[str, str] = Field(default_factory=dict,
-                                         description="extra sets: name -> .txt/.csv file or a `conceptguard attack` folder")
+                                         description="extra sets: name -> .txt/.csv file or a `conceptguard attack` folder; "
+                                         "`{concept}` in a path: one file per concept")
     prompts_per_set: int = Field(10, ge=1, le=10_000, description="10: the default run (16 stacks x 5 "
                                  "concepts x 3 sets) takes ~15 minutes on 2 CPU cores once its defenses are trained")
     images_per_prompt: int = Field(1, ge=1, le=100)
@@ -105,10 +106,14 @@ class BenchConfig(BaseModel):
 
     @field_validator("prompt_files")
     @classmethod
-    def _readable_prompt_files(cls, value: dict[str, str]) -> dict[str, str]:
+    def _readable_prompt_files(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         """Read each file now: a bad one stops the run before anything is written (a folder must
-        be one `conceptguard attack` saved)."""
+        be one `conceptguard attack` saved). A plan (`bench --dry-run`) lists missing files instead."""
+        if (info.context or {}).get("plan"):
+            return value
         for name, path in value.items():
+            if "{concept}" in path:
+                continue  # one file per concept: checked once the concepts are known
             if Path(path).is_dir():
                 if not (Path(path) / "result.json").is_file():
                     raise ValueError(f"{name}: {path} is a folder without the result.json of `conceptguard attack`")
@@ -122,7 +127,7 @@ class BenchConfig(BaseModel):
         return None if value is None else [_as_value_error(check_judge, v) for v in value]
 
     @model_validator(mode="after")
-    def _domain_defaults(self) -> BenchConfig:
+    def _domain_defaults(self, info: ValidationInfo) -> BenchConfig:
         """Fill and check what depends on the model's domain."""
         domain = self.domain()
         try:
@@ -145,10 +150,18 @@ class BenchConfig(BaseModel):
                              "(user files go under prompt_files)")
         if self.judges is None:
             self.judges = domain.default_judges(self.concepts)
+        if not (info.context or {}).get("plan"):
+            for name in self.prompt_files:
+                for concept in self.concepts if "{concept}" in self.prompt_files[name] else []:
+                    _as_value_error(lambda p: read_prompt_file(p, concept, name), self.prompt_file(name, concept))
         return self
 
     def domain(self) -> Domain:
         return get_domain(self.model, self.clip)
+
+    def prompt_file(self, name: str, concept: str) -> str:
+        """The file of prompt set `name` for `concept` (`{concept}` in a path names one file per concept)."""
+        return self.prompt_files[name].replace("{concept}", concept)
 
 
 def _as_value_error(check, value):
@@ -159,8 +172,9 @@ def _as_value_error(check, value):
         raise ValueError(str(exc)) from exc
 
 
-def load_config(path: str | Path | None) -> BenchConfig:
-    """Read and validate a YAML config; any problem is one ConfigError line naming the field."""
+def load_config(path: str | Path | None, plan: bool = False) -> BenchConfig:
+    """Read and validate a YAML config; any problem is one ConfigError line naming the field.
+    `plan`: prompt files are not read (a dry run lists the missing ones)."""
     if path is None:
         return BenchConfig()
     path = Path(path)
@@ -175,7 +189,7 @@ def load_config(path: str | Path | None) -> BenchConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
     try:
-        return BenchConfig(**data)
+        return BenchConfig.model_validate(data, context={"plan": plan})
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])

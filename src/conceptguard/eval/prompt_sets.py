@@ -15,7 +15,7 @@ def standard_sets(config: BenchConfig, domain: Domain, concept: str) -> list[Pro
     config, then the user's files (the adversarial sets depend on the stack: AttackCache)."""
     c = domain.concept(concept)
     sets = [domain.prompt_set(c, name, config.prompts_per_set, seed=config.seed) for name in config.prompt_sets or []]
-    sets += [load_prompt_file(p, c.name, name) for name, p in config.prompt_files.items()]
+    sets += [load_prompt_file(config.prompt_file(name, c.name), c.name, name) for name in config.prompt_files]
     return sets
 
 
