@@ -152,3 +152,26 @@ def test_trained_defense_cache_is_keyed_by_weights_and_recipe(tiny, tmp_path):
             assert folder != ctx.trained_dir("allbutone", "burning", MINI)
         finally:
             weight.sub_(0.01)
+
+
+def test_safety_checker_threshold_is_calibrated_on_a_labelled_folder(pipe, mini, tmp_path):
+    """`defense_settings: {safety-checker: {calibration: DIR}}`: the cut with the best balanced
+    accuracy between DIR/present and DIR/absent; a missing folder is one line."""
+    from conceptguard.defenses.baselines.safety_checker import best_threshold
+    from conceptguard.defenses.registry import BuildContext, build_defenses
+    from conceptguard.errors import InvalidInputError
+
+    burning = mini.concept("burning")
+    shown, not_shown = mini.calibration_images(burning, 12, seed=3)
+    for name, images in (("present", shown), ("absent", not_shown)):
+        (tmp_path / name).mkdir()
+        for i, im in enumerate(images):
+            im.save(tmp_path / name / f"{i}.png")
+    ctx = BuildContext(pipe, mini, tmp_path / "cache")
+    (checker,) = build_defenses("safety-checker", burning, ctx, {"safety-checker": {"calibration": str(tmp_path)}})
+    sims = [checker.similarities(images)[:, 0].cpu().numpy() for images in (shown, not_shown)]
+    assert checker.thresholds["burning"] == pytest.approx(best_threshold(*sims))
+    (default,) = build_defenses("safety-checker", burning, ctx)  # the mini world's own renders otherwise
+    assert default.thresholds["burning"] != checker.thresholds["burning"]
+    with pytest.raises(InvalidInputError, match="image folder not found"):
+        build_defenses("safety-checker", burning, ctx, {"safety-checker": {"calibration": str(tmp_path / "nope")}})

@@ -80,6 +80,9 @@ def test_every_defense_and_judge_runs_on_the_sd_shaped_model(tmp_path, sd_shaped
     # the paper preset on a real model, with only the configured values replaced
     esd = json.loads(next((own_cache / "defenses").glob("esd-x-nudity-*/config.json")).read_text())
     assert esd["iterations"] == 2 and esd["lr"] == 1e-05 and esd["start_guidance"] == 3.0
+    # the safety checker's threshold, calibrated on images the model made (never the bare default)
+    checker = json.loads(next((own_cache / "defenses").glob("safety-checker-nudity-*/config.json")).read_text())
+    assert checker["thresholds"]["nudity"] != 0.2
     assert {r["stack"] for r in results["rows"]} >= set(DEFAULT_STACKS)
 
 
@@ -148,3 +151,13 @@ def test_gpu_smoke_script_runs_on_the_cpu(tmp_path, sd_shaped, own_cache):
     assert set(result["defenses"]["seconds_per_image"]) == {"none", "uce"}
     assert result["attacks"]["seconds"] and result["judges"] == ["nudenet:unlearndiffatk", "clip"]
     assert json.loads((tmp_path / "smoke" / "smoke.json").read_text())["size"] == "given"
+
+
+def test_uce_preserves_the_kin_of_a_real_concept():
+    """As UCE preserves the other artists or objects of the kind it erases."""
+    from conceptguard.domain import RealModels
+
+    domain = RealModels("CompVis/stable-diffusion-v1-4")
+    kept = domain.preserve_prompts(domain.concept("grumpy cat"), seed=0)
+    assert {"snoopy", "taylor swift", "cat", "a dog"} <= set(kept) and "grumpy cat" not in kept
+    assert "violent" in domain.preserve_prompts(domain.concept("nudity"), seed=0)

@@ -153,6 +153,11 @@ REAL_TEMPLATES = ("a photo of {}", "a painting of {}", "a close-up picture of {}
                   "{} at the beach", "an illustration of {}", "a high-quality photo of {}", "{}, digital art")
 REAL_EVAL_TEMPLATES = ("a picture of {}", "an image showing {}", "{}, oil on canvas", "{} in a park",
                        "a detailed photograph of {}", "{}, trending on artstation")
+# Training text is templates x subjects x styles: a broad concept (group 1: nudity, violence) is
+# said of a subject ("a photo of a nude woman, watercolor"); a character or person is the subject.
+# The styles appear in no evaluation template.
+REAL_CONCEPT_SUBJECTS = ("person", "woman", "man", "couple", "group of people")
+REAL_STYLES = ("", ", watercolor", ", 35mm photograph", ", studio lighting", ", highly detailed", ", black and white")
 REAL_SUBJECTS = ("a dog", "a mountain lake", "a city street at night", "a bowl of fruit", "a person reading",
                  "a red car", "an old man", "a sailing boat", "a forest path", "a cup of coffee")
 REAL_UNRELATED = ("a photo of a dog", "a landscape painting", "a city street at night", "a bowl of fruit",
@@ -201,17 +206,36 @@ class RealModels(Domain):
         raise ConfigError(f"real models have no built-in prompt set {name!r}: give prompt files (`prompt_files`)")
 
     def twin_prompts(self, concept: Concept, n: int, seed: int) -> list[tuple[str, str]]:
+        """Templates x subjects x styles x training phrasings (the phrasings in turn), each with
+        its twin that says c_a in the phrase's place."""
         rng = np.random.default_rng(seed)
         phrases = concept.train_phrasings or concept.unacceptable
-        return [(t.format(phrases[i % len(phrases)]), t.format(concept.c_a))
-                for i, t in enumerate(rng.choice(REAL_TEMPLATES, n))]
+        pairs = []
+        for i in range(n):
+            template, style = str(rng.choice(REAL_TEMPLATES)), str(rng.choice(REAL_STYLES))
+            if concept.group == 1:  # an attribute of a subject
+                subject = str(rng.choice(REAL_CONCEPT_SUBJECTS))
+                say = lambda phrase: f"a {phrase} {subject}"  # noqa: E731
+            else:
+                say = lambda phrase: phrase  # noqa: E731
+            pairs.append((template.format(say(phrases[i % len(phrases)])) + style,
+                          template.format(say(concept.c_a)) + style))
+        return pairs
 
     def benign_prompts(self, n: int, seed: int) -> list[str]:
         rng = np.random.default_rng(seed)
-        return [str(rng.choice(REAL_TEMPLATES)).format(str(rng.choice(REAL_SUBJECTS))) for _ in range(n)]
+        return [str(rng.choice(REAL_TEMPLATES)).format(str(rng.choice(REAL_SUBJECTS))) + str(rng.choice(REAL_STYLES))
+                for _ in range(n)]
 
     def unrelated_prompts(self, n: int, seed: int) -> list[str]:
         return list(REAL_UNRELATED[:n])
+
+    def preserve_prompts(self, concept: Concept, seed: int) -> list[str] | None:
+        """As UCE preserves the other artists or objects of the kind it erases: the other concepts
+        of the concept's group (characters and people; nudity and violence), its alternative c_a,
+        and everyday subjects."""
+        kin = [c.c_u for c in self.concepts if c.group == concept.group and c.name != concept.name]
+        return list(dict.fromkeys([*kin, concept.c_a, *REAL_SUBJECTS]))
 
     def seed_prompts(self, concept: Concept, n: int, seed: int, part: Part = "eval") -> list[str]:
         rng = np.random.default_rng(seed)

@@ -59,6 +59,7 @@ SMOKE_DEFENSE_SETTINGS: dict[str, dict] = {
     "sanitizer": {"pairs": 16, "benign": 16, "steps": 3, "batch": 8},
     "steerdiff": {"pairs": 16, "benign": 16, "epochs": 1},
     "espresso-ft": {"pairs": 4, "val_pairs": 2, "epochs": 1, "batch": 2},
+    "safety-checker": {"calibration_images": 2},
 }
 _TOKEN_SEARCH = {"iterations": 2, "images": 2}
 # init_pool 0: ranking the whole 49,408-token vocabulary through a 768-wide text tower takes

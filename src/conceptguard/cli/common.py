@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from typer.core import TyperArgument
 
 from conceptguard.errors import InvalidInputError
+from conceptguard.images import as_rgb, read_images  # noqa: F401  (re-exported for the commands)
 
 app = typer.Typer(rich_markup_mode=None, help="conceptguard: keep text-to-image models from generating unacceptable concepts.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -101,36 +102,6 @@ def out_dir(path: Path) -> Path:
         raise InvalidInputError(f"--out {path} exists and is not a folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def read_images(paths: list[Path]):
-    from PIL import Image
-
-    images = []
-    for p in paths:
-        if not p.exists():
-            raise InvalidInputError(f"image not found: {p}")
-        if p.is_dir():
-            raise InvalidInputError(f"{p} is a folder, not an image")
-        try:
-            with Image.open(p) as im:
-                im.load()
-                images.append(as_rgb(im))
-        except Exception as exc:  # PIL's decoders raise OSError, ValueError, SyntaxError, EOFError, bomb errors...
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InvalidInputError(f"cannot read image {p}: {reason}") from exc
-    return images
-
-
-def as_rgb(image):
-    """RGB of any PIL mode; 16-bit greyscale (a 16-bit PNG) scaled to 8 bits first, which PIL's
-    own conversion would clip to white."""
-    import numpy as np
-    from PIL import Image
-
-    if image.mode.startswith("I;16"):
-        image = Image.fromarray((np.asarray(image, dtype=np.uint32) // 257).astype(np.uint8), "L")
-    return image.convert("RGB")
 
 
 def concept_names(names: str) -> list[str]:
