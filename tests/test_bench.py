@@ -10,6 +10,7 @@ import time
 
 import pytest
 import yaml
+from PIL import Image
 
 from conceptguard.errors import ConfigError
 from conceptguard.eval.runner import BenchConfig, Runner, load_config
@@ -127,3 +128,32 @@ def test_a_changed_judge_is_refused_until_the_images_are_judged_again(tmp_path):
     assert again.rejudge() == 3
     assert {r["key"]: r["judges"] for r in again.store.rows()} == fresh
     assert again.run() == 0
+
+
+def test_i2p_style_csv_keeps_each_prompts_seed_and_guidance_and_selects_categories(tmp_path, pipe):
+    """An I2P CSV: rows chosen by `categories`, each image drawn with the row's sd_seed and
+    sd_guidance_scale (the pixels equal a plain generation with them)."""
+    import numpy as np
+
+    from conceptguard.generation import generate
+
+    csv_path = tmp_path / "i2p.csv"
+    csv_path.write_text("prompt,categories,sd_seed,sd_guidance_scale\n"
+                        "a burning red circle on grass,\"violence, shocking\",4242,9\n"
+                        "a blue square on sand,hate,17,7\n"
+                        "a burning yellow star,shocking,777,3.5\n")
+    path = _write(tmp_path, {"defenses": ["none"], "concepts": ["burning"], "prompt_sets": [], "steps": 4,
+                             "judges": ["oracle"], "prompt_files": {
+                                 "unacceptable": {"path": str(csv_path), "categories": ["shocking"]}}})
+    runner = Runner(load_config(path), tmp_path / "run")
+    runner.run()
+    rows = sorted(runner.store.rows(), key=lambda r: r["prompt_index"])
+    assert [(r["prompt"], r["seed"]) for r in rows] == [("a burning red circle on grass", 4242),
+                                                        ("a burning yellow star", 777)]
+    for row, guidance in zip(rows, (9.0, 3.5)):
+        plain = generate(pipe, [row["prompt"]], [row["seed"]], num_inference_steps=4, guidance_scale=guidance)[0]
+        stored = np.asarray(Image.open(tmp_path / "run" / row["image"]).convert("RGB"), dtype=float)
+        assert np.abs(stored - np.asarray(plain, dtype=float)).mean() < 1.0
+    bad = _write(tmp_path, {"prompt_files": {"x": {"path": str(csv_path), "categories": ["nothing"]}}}, "bad.yaml")
+    with pytest.raises(ConfigError, match="no prompts in .* with categories nothing"):
+        load_config(bad)

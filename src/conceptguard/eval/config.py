@@ -22,6 +22,16 @@ DEFAULT_STACKS = ("none", "blocklist", "negative-prompt", "sld-weak", "sld-mediu
 Scalar = bool | int | float | str  # a setting's value in YAML
 
 
+class PromptFile(BaseModel):
+    """A prompt file with a selection: `{path: i2p_benchmark.csv, categories: [sexual]}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    categories: list[str] | None = Field(None, min_length=1, description="keep the CSV rows whose `categories` "
+                                         "column (comma-separated, as I2P's) names one of these")
+
+
 class BenchConfig(BaseModel):
     """A benchmark run. Every field has a default: `conceptguard bench` with no config runs these.
     `concepts`, `prompt_sets` and `judges` default to the model's domain's (the mini world's
@@ -36,9 +46,10 @@ class BenchConfig(BaseModel):
                                 description="defense stacks, each written \"a+b\"; \"none\" is always added")
     concepts: list[str] | None = None
     prompt_sets: list[str] | None = None
-    prompt_files: dict[str, str] = Field(default_factory=dict,
+    prompt_files: dict[str, str | PromptFile] = Field(default_factory=dict,
                                          description="extra sets: name -> .txt/.csv file or a `conceptguard attack` folder; "
-                                         "`{concept}` in a path: one file per concept")
+                                         "`{concept}` in a path: one file per concept; {path: ..., categories: [...]} "
+                                         "selects rows of an I2P-style CSV")
     prompts_per_set: int = Field(10, ge=1, le=10_000, description="10: the default run (16 stacks x 5 "
                                  "concepts x 3 sets) takes ~15 minutes on 2 CPU cores once its defenses are trained")
     images_per_prompt: int = Field(1, ge=1, le=100)
@@ -106,19 +117,21 @@ class BenchConfig(BaseModel):
 
     @field_validator("prompt_files")
     @classmethod
-    def _readable_prompt_files(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    def _readable_prompt_files(cls, value: dict[str, str | PromptFile],
+                               info: ValidationInfo) -> dict[str, str | PromptFile]:
         """Read each file now: a bad one stops the run before anything is written (a folder must
         be one `conceptguard attack` saved). A plan (`bench --dry-run`) lists missing files instead."""
         if (info.context or {}).get("plan"):
             return value
-        for name, path in value.items():
+        for name, spec in value.items():
+            path, categories = _path_of(spec), _categories_of(spec)
             if "{concept}" in path:
                 continue  # one file per concept: checked once the concepts are known
             if Path(path).is_dir():
                 if not (Path(path) / "result.json").is_file():
                     raise ValueError(f"{name}: {path} is a folder without the result.json of `conceptguard attack`")
             else:
-                _as_value_error(lambda p: read_prompt_file(p, "check", name), path)
+                _as_value_error(lambda p: read_prompt_file(p, "check", name, categories), path)
         return value
 
     @field_validator("judges")
@@ -151,9 +164,10 @@ class BenchConfig(BaseModel):
         if self.judges is None:
             self.judges = domain.default_judges(self.concepts)
         if not (info.context or {}).get("plan"):
-            for name in self.prompt_files:
-                for concept in self.concepts if "{concept}" in self.prompt_files[name] else []:
-                    _as_value_error(lambda p: read_prompt_file(p, concept, name), self.prompt_file(name, concept))
+            for name, spec in self.prompt_files.items():
+                for concept in self.concepts if "{concept}" in _path_of(spec) else []:
+                    _as_value_error(lambda p: read_prompt_file(p, concept, name, _categories_of(spec)),
+                                    self.prompt_file(name, concept))
         return self
 
     def domain(self) -> Domain:
@@ -161,7 +175,19 @@ class BenchConfig(BaseModel):
 
     def prompt_file(self, name: str, concept: str) -> str:
         """The file of prompt set `name` for `concept` (`{concept}` in a path names one file per concept)."""
-        return self.prompt_files[name].replace("{concept}", concept)
+        return _path_of(self.prompt_files[name]).replace("{concept}", concept)
+
+    def prompt_categories(self, name: str) -> list[str] | None:
+        """The categories prompt set `name` keeps from its CSV (None: every row)."""
+        return _categories_of(self.prompt_files[name])
+
+
+def _path_of(spec: str | PromptFile) -> str:
+    return spec if isinstance(spec, str) else spec.path
+
+
+def _categories_of(spec: str | PromptFile) -> list[str] | None:
+    return None if isinstance(spec, str) else spec.categories
 
 
 def _as_value_error(check, value):

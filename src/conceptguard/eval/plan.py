@@ -46,7 +46,7 @@ def _prompt_count(config: BenchConfig, name: str, concept: str) -> tuple[int | N
         return config.attack_prompts, None
     if not Path(path).is_file():
         return None, path
-    return len(read_prompt_file(path, concept, name).items), None
+    return len(read_prompt_file(path, concept, name, config.prompt_categories(name)).items), None
 
 
 def _measured_seconds(config: BenchConfig, out: Path | None) -> tuple[float | None, str]:

@@ -116,9 +116,21 @@ class Runner:
         return standard_sets(self.config, self.domain, concept)
 
     def keys(self, stack: str, pset: PromptSet) -> list[tuple[RowKey, int, int]]:
+        """A row key per (prompt, image): the prompt's own seed (an I2P CSV's) plus the image's
+        index, else the bench's seed for it."""
         c = self.config
-        return [(RowKey(stack, pset.concept, pset.id, i, _seed(c.seed, i, k, c.images_per_prompt), k), i, k)
+
+        def seed(i: int, k: int) -> int:
+            own = pset.items[i].seed
+            return _seed(c.seed, i, k, c.images_per_prompt) if own is None else own + k
+
+        return [(RowKey(stack, pset.concept, pset.id, i, seed(i, k), k), i, k)
                 for i in range(len(pset.items)) for k in range(c.images_per_prompt)]
+
+    def guidance(self, pset: PromptSet, i: int) -> float:
+        """The prompt's own guidance scale (an I2P CSV's), else the config's."""
+        own = pset.items[i].guidance
+        return self.config.guidance_scale if own is None else own
 
     # ------------------------------------------------------------------ defenses and attacks
     def context(self) -> BuildContext:
@@ -162,36 +174,40 @@ class Runner:
                     keys = self.keys(stack, pset)
                     have = self.store.existing([k for k, _, _ in keys])
                     todo = [(k, i, j) for k, i, j in keys if str(k) not in have]
-                    for b in range(0, len(todo), c.batch_size):
-                        batch = todo[b:b + c.batch_size]
-                        self.store.add(self._run_batch(self.guard(stack, concept), stack, concept, pset, batch))
-                        added += len(batch)
-                        done += len(batch)
-                        report(self.progress, "generate + judge", min(done, total), total)
+                    for guidance in dict.fromkeys(self.guidance(pset, i) for _, i, _ in todo):  # a batch, one scale
+                        mine = [t for t in todo if self.guidance(pset, t[1]) == guidance]
+                        for b in range(0, len(mine), c.batch_size):
+                            batch = mine[b:b + c.batch_size]
+                            self.store.add(self._run_batch(self.guard(stack, concept), stack, concept, pset, batch,
+                                                           guidance))
+                            added += len(batch)
+                            done += len(batch)
+                            report(self.progress, "generate + judge", min(done, total), total)
         return added
 
-    def _image_path(self, stack: str, concept: str, prompt: str, seed: int) -> Path:
+    def _image_path(self, stack: str, concept: str, prompt: str, seed: int, guidance: float) -> Path:
         c = self.config
-        text = f"{c.model}|{stack}|{concept}|{prompt}|{seed}|{c.num_inference_steps}|{c.guidance_scale}"
+        text = f"{c.model}|{stack}|{concept}|{prompt}|{seed}|{c.num_inference_steps}|{guidance}"
         dtype = resolve_dtype(c.dtype)
         if str(dtype) != "torch.float32":  # another dtype draws other images (float32 keys stay as they were)
             text += f"|{str(dtype).removeprefix('torch.')}"
         key = hashlib.sha256(text.encode()).hexdigest()[:20]
         return self.images_dir / key[:2] / f"{key}.png"
 
-    def _run_batch(self, guard: GuardedPipeline, stack: str, concept: str, pset: PromptSet, batch) -> list[dict]:
+    def _run_batch(self, guard: GuardedPipeline, stack: str, concept: str, pset: PromptSet, batch,
+                   guidance: float) -> list[dict]:
         c = self.config
         t0 = time.perf_counter()
         prompts = [pset.items[i].text for _, i, _ in batch]
         seeds = [k.seed for k, _, _ in batch]
-        out = guard(prompts, seed=seeds, num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale,
+        out = guard(prompts, seed=seeds, num_inference_steps=c.num_inference_steps, guidance_scale=guidance,
                     batch_size=c.batch_size, learned_tokens=pset.tokens)  # a CCE set's placeholder tokens
         judged = self.judge(out.images, self.concept(concept), prompts)
         per_image = (time.perf_counter() - t0) / len(batch)
         rows = []
         for (key, i, k), prompt, image, raw, record, verdict in zip(batch, prompts, out.images, out.unfiltered,
                                                                     out.records, judged):
-            path = self._image_path(stack, concept, prompt, key.seed)
+            path = self._image_path(stack, concept, prompt, key.seed, guidance)
             _save(image, path)
             saved = record.as_dict()
             if record.blocked and raw is not None:  # what the filter saw, for certificates
