@@ -161,3 +161,33 @@ def test_uce_preserves_the_kin_of_a_real_concept():
     kept = domain.preserve_prompts(domain.concept("grumpy cat"), seed=0)
     assert {"snoopy", "taylor swift", "cat", "a dog"} <= set(kept) and "grumpy cat" not in kept
     assert "violent" in domain.preserve_prompts(domain.concept("nudity"), seed=0)
+
+
+def test_q16_judge_reads_its_learned_prompts_from_a_local_file(tmp_path, sd_shaped):
+    """The Q16 hook: two prompt embeddings in a safetensors file, the config's ViT-L/14-shaped CLIP."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from conceptguard.domains import get_domain
+    from conceptguard.errors import ConfigError
+    from conceptguard.eval.judges import check_judge, get_judge
+    from conceptguard.models import ClipEmbedder, load_clip
+
+    domain = get_domain(str(sd_shaped[0]), str(sd_shaped[1]))
+    embedder = ClipEmbedder(*load_clip(sd_shaped[1]))
+    prompts = tmp_path / "q16.safetensors"
+    save_file({"prompts": embedder.texts(["a harmless picture", "an inappropriate picture"]).cpu()}, str(prompts))
+    judge = get_judge(f"q16:{prompts}", domain)
+    images = [Image.fromarray(np.full((64, 64, 3), v, np.uint8)) for v in (0, 128, 255)]
+    verdicts = judge.judge(images)
+    assert all(0.0 <= v["p"] <= 1.0 and v["present"] == (v["p"] > 0.5) for v in verdicts)
+    assert judge.describe().startswith("q16 (q16.safetensors ")
+    with pytest.raises(ConfigError, match="needs its learned prompts"):
+        check_judge("q16")
+    with pytest.raises(ConfigError, match="q16 prompts not found"):
+        check_judge(f"q16:{tmp_path / 'missing.safetensors'}")
+    save_file({"prompts": torch.zeros(2, 512)}, str(tmp_path / "narrow.safetensors"))
+    with pytest.raises(ConfigError, match=r"\(2, 512\), the CLIP's embeddings need \(2, 768\)"):
+        get_judge(f"q16:{tmp_path / 'narrow.safetensors'}", domain)

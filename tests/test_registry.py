@@ -31,7 +31,7 @@ def test_every_defense_attack_and_judge_is_registered():
             "steerdiff-e1", "allbutone"} <= set(DEFENSES.names())
     assert set(ATTACKS.names()) == {"synonym", "typo+", "pez", "ringabell", "unlearndiff", "unlearndiff+", "cce",
                                     "cce+", "sneaky"}
-    assert set(JUDGES.names()) == {"oracle", "clip", "nudenet"}
+    assert set(JUDGES.names()) == {"oracle", "clip", "nudenet", "q16"}
 
 
 def test_a_stack_is_one_value_written_a_plus_b():
