@@ -69,6 +69,22 @@ def test_weight_edits_train_and_generate_in_float64(pipe64, concept, train):
     _generates(GuardedPipeline(pipe64, [edit]))
 
 
+def test_weight_edits_train_float32_master_weights_beside_a_bfloat16_pipeline(concept):
+    """Adam on bfloat16 weights loses the small updates: ESD and All but One train float32 copies,
+    and the edit applies to the bfloat16 pipeline."""
+    pipe16 = load_pipeline(dtype=torch.bfloat16)
+    for train in (lambda: train_esd(pipe16, concept, "x", iterations=2, batch=1, lr=1e-4),
+                  lambda: train_allbutone(pipe16, MiniWorld(), concept, iterations=2, batch=1, lr=1e-4)):
+        edit = train()
+        before = dict(pipe16.unet.named_parameters())
+        moved = [(t - before[n].float()).abs().max() for n, t in edit.tensors.items()]
+        # float32: trained on master weights (Adam on the bfloat16 weights themselves gives bfloat16)
+        assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in edit.tensors.values())
+        assert max(moved) > 0
+        _generates(GuardedPipeline(pipe16, [edit]))
+    assert pipe16.unet.dtype == torch.bfloat16
+
+
 def test_embedding_defenses_train_and_generate_in_float64(pipe64, concept):
     domain = MiniWorld()
     sanitizer = train_sanitizer(domain, [concept], pipe64.text_encoder, pipe64.tokenizer,

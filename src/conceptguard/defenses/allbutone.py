@@ -81,10 +81,10 @@ def train_allbutone(pipe, domain: Domain, concept: Concept, alternative: str | N
     trainable = _make_trainable(unet, names, lora_rank, seed)
     opt = torch.optim.Adam(trainable, lr=hp["lr"])
     pairs = erase_pairs(domain, concept, alternative, 64, seed)
-    embeds = {p: _encode(pipe, [p]) for pair in pairs for p in pair}
+    embeds = {p: _encode(pipe, [p]).to(unet.dtype) for pair in pairs for p in pair}  # the training dtype
     retain = domain.benign_prompts(32, seed + 3)
-    emb_retain = _encode(pipe, retain)
-    emb_0 = _encode(pipe, [""])
+    emb_retain = _encode(pipe, retain).to(unet.dtype)
+    emb_0 = _encode(pipe, [""]).to(unet.dtype)
     size, stride = unet.config.sample_size, scheduler.config.num_train_timesteps // hp["ddim_steps"]
     for it in range(hp["iterations"]):
         batch = [pairs[i] for i in rng.integers(0, len(pairs), hp["batch"])]

@@ -50,12 +50,20 @@ def sample_until(unet, scheduler, z: torch.Tensor, cond: torch.Tensor, uncond: t
     return z
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
 def training_setup(pipe, seed: int, ddim_steps: int):
     """What ESD and All but One both start from: the frozen original UNet, a trainable copy, a DDIM
     scheduler for partial sampling, and the seeded numpy / torch generators."""
     from diffusers import DDIMScheduler
 
     frozen = pipe.unet.eval().requires_grad_(False)
+    if frozen.dtype in HALF:
+        # Adam on half-precision weights loses small updates (its eps 1e-8 is 0 in float16, and a
+        # 1e-5 step vanishes next to a weight): train -- and take the targets from -- float32
+        # copies, as mixed precision keeps float32 master weights; WeightEdit casts the result back.
+        frozen = copy.deepcopy(frozen).float()
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(ddim_steps)
     return frozen, copy.deepcopy(frozen), scheduler, np.random.default_rng(seed), torch.Generator().manual_seed(seed)
@@ -72,8 +80,8 @@ def train_esd(pipe, concept: Concept, variant: str = "x", seed: int = 0,
         params[n].requires_grad_(True)
     opt = torch.optim.Adam([params[n] for n in names], lr=hp["lr"])
     prompts = concept.train_phrasings or [concept.c_u]
-    emb_0 = _encode(pipe, [""])
-    emb_p = {p: _encode(pipe, [p]) for p in prompts}
+    emb_0 = _encode(pipe, [""]).to(unet.dtype)
+    emb_p = {p: _encode(pipe, [p]).to(unet.dtype) for p in prompts}
     size = unet.config.sample_size
     stride = scheduler.config.num_train_timesteps // hp["ddim_steps"]
     for it in range(hp["iterations"]):
