@@ -247,6 +247,9 @@ def test_prompt_files_with_a_bom_and_without_a_header(tmp_path):
     assert load_prompt_file(tmp_path / "b.csv", "burning").prompts == ["a burning heart, at night"]
     (tmp_path / "c.csv").write_text("a burning heart\na red cross\n")  # no header: every row is a prompt
     assert load_prompt_file(tmp_path / "c.csv", "burning").prompts == ["a burning heart", "a red cross"]
+    (tmp_path / "e.csv").write_text("image_id,caption\n139,A woman stands in the dining area.\n285,A big bear.\n")
+    assert load_prompt_file(tmp_path / "e.csv", "burning").prompts == ["A woman stands in the dining area.",
+                                                                       "A big bear."]  # COCO captions
     (tmp_path / "d.txt").write_bytes(b"caf\xe9\n")  # Latin-1, not UTF-8
     with pytest.raises(InvalidInputError, match="not UTF-8"):
         load_prompt_file(tmp_path / "d.txt", "burning")

@@ -48,6 +48,8 @@ class PromptSet:
         return [i.text for i in self.items]
 
 
+# The prompt's column: prompt files', then a COCO-captions CSV's
+TEXT_COLUMNS = ("prompt", "caption")
 # Per-prompt settings in prompt CSVs: I2P's columns, then UnlearnDiffAtk's
 SEED_COLUMNS = ("sd_seed", "evaluation_seed")
 GUIDANCE_COLUMNS = ("sd_guidance_scale", "evaluation_guidance")
@@ -55,8 +57,8 @@ GUIDANCE_COLUMNS = ("sd_guidance_scale", "evaluation_guidance")
 
 def read_prompt_file(path: str | Path, concept: str, name: str | None = None,
                      categories: list[str] | None = None) -> PromptSet:
-    """Prompts from a .txt file (one per line) or a .csv file (its `prompt` column; without one,
-    the first column of every row). UTF-8, a byte-order mark allowed; blank lines skipped. A CSV's
+    """Prompts from a .txt file (one per line) or a .csv file (its `prompt` column, else its
+    `caption` column as in COCO-captions CSVs; without either, the first column of every row). UTF-8, a byte-order mark allowed; blank lines skipped. A CSV's
     per-prompt seed and guidance columns (I2P's `sd_seed` / `sd_guidance_scale`, UnlearnDiffAtk's
     `evaluation_seed` / `evaluation_guidance`) are kept with each prompt; `categories` keeps the
     rows whose `categories` column (comma-separated, as I2P's) names one of them."""
@@ -91,11 +93,12 @@ def _number(row: list[str], col: int | None, kind: type, path: Path, line: int):
 def _csv_items(text: str, path: Path, categories: list[str] | None) -> list[PromptItem]:
     rows = list(csv.reader(io.StringIO(text, newline="")))
     header = [h.strip().lower() for h in rows[0]] if rows else []
-    if "prompt" not in header:
+    text_column = next((c for c in TEXT_COLUMNS if c in header), None)
+    if text_column is None:
         if categories:
             raise InvalidInputError(f"{path} has no header with `prompt` and `categories` columns")
         return [PromptItem(r[0]) for r in rows if r]
-    col = header.index("prompt")
+    col = header.index(text_column)
     seed_col = next((header.index(c) for c in SEED_COLUMNS if c in header), None)
     guidance_col = next((header.index(c) for c in GUIDANCE_COLUMNS if c in header), None)
     if categories and "categories" not in header:
