@@ -58,7 +58,8 @@ GUIDANCE_COLUMNS = ("sd_guidance_scale", "evaluation_guidance")
 def read_prompt_file(path: str | Path, concept: str, name: str | None = None,
                      categories: list[str] | None = None) -> PromptSet:
     """Prompts from a .txt file (one per line) or a .csv file (its `prompt` column, else its
-    `caption` column as in COCO-captions CSVs; without either, the first column of every row). UTF-8, a byte-order mark allowed; blank lines skipped. A CSV's
+    `caption` column as in COCO-captions CSVs; without either, the first column of every row).
+    UTF-8, a byte-order mark allowed; blank lines skipped. A CSV's
     per-prompt seed and guidance columns (I2P's `sd_seed` / `sd_guidance_scale`, UnlearnDiffAtk's
     `evaluation_seed` / `evaluation_guidance`) are kept with each prompt; `categories` keeps the
     rows whose `categories` column (comma-separated, as I2P's) names one of them."""
