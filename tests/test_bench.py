@@ -157,3 +157,7 @@ def test_i2p_style_csv_keeps_each_prompts_seed_and_guidance_and_selects_categori
     bad = _write(tmp_path, {"prompt_files": {"x": {"path": str(csv_path), "categories": ["nothing"]}}}, "bad.yaml")
     with pytest.raises(ConfigError, match="no prompts in .* with categories nothing"):
         load_config(bad)
+    (tmp_path / "inf.csv").write_text("prompt,sd_seed\na burning heart,inf\n")
+    bad = _write(tmp_path, {"prompt_files": {"x": str(tmp_path / "inf.csv")}}, "inf.yaml")
+    with pytest.raises(ConfigError, match="prompt_files: x: .*inf.csv:2: 'inf' is not a finite number"):
+        load_config(bad)

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -83,12 +84,20 @@ def read_prompt_file(path: str | Path, concept: str, name: str | None = None,
 
 
 def _number(row: list[str], col: int | None, kind: type, path: Path, line: int):
+    """A per-prompt seed or guidance (`kind` int or float), None where the cell is empty."""
     if col is None or col >= len(row) or not row[col].strip():
         return None
+    value = float(row[col]) if _is_finite(row[col]) else None
+    if value is None:
+        raise InvalidInputError(f"{path}:{line}: {row[col]!r} is not a finite number")
+    return int(value) if kind is int else value
+
+
+def _is_finite(text: str) -> bool:
     try:
-        return kind(float(row[col])) if kind is int else kind(row[col])
+        return math.isfinite(float(text))
     except ValueError:
-        raise InvalidInputError(f"{path}:{line}: {row[col]!r} is not a number") from None
+        return False
 
 
 def _csv_items(text: str, path: Path, categories: list[str] | None) -> list[PromptItem]:

@@ -46,7 +46,7 @@ class BenchConfig(BaseModel):
                                 description="defense stacks, each written \"a+b\"; \"none\" is always added")
     concepts: list[str] | None = None
     prompt_sets: list[str] | None = None
-    prompt_files: dict[str, str | PromptFile] = Field(default_factory=dict,
+    prompt_files: dict[str, PromptFile] = Field(default_factory=dict,
                                          description="extra sets: name -> .txt/.csv file or a `conceptguard attack` folder; "
                                          "`{concept}` in a path: one file per concept; {path: ..., categories: [...]} "
                                          "selects rows of an I2P-style CSV")
@@ -115,24 +115,11 @@ class BenchConfig(BaseModel):
 
         return None if value is None else _as_value_error(resolve_device, value)
 
-    @field_validator("prompt_files")
+    @field_validator("prompt_files", mode="before")
     @classmethod
-    def _readable_prompt_files(cls, value: dict[str, str | PromptFile],
-                               info: ValidationInfo) -> dict[str, str | PromptFile]:
-        """Read each file now: a bad one stops the run before anything is written (a folder must
-        be one `conceptguard attack` saved). A plan (`bench --dry-run`) lists missing files instead."""
-        if (info.context or {}).get("plan"):
-            return value
-        for name, spec in value.items():
-            path, categories = _path_of(spec), _categories_of(spec)
-            if "{concept}" in path:
-                continue  # one file per concept: checked once the concepts are known
-            if Path(path).is_dir():
-                if not (Path(path) / "result.json").is_file():
-                    raise ValueError(f"{name}: {path} is a folder without the result.json of `conceptguard attack`")
-            else:
-                _as_value_error(lambda p: read_prompt_file(p, "check", name, categories), path)
-        return value
+    def _paths_as_prompt_files(cls, value):
+        """A bare path is a PromptFile with every row."""
+        return {k: {"path": v} if isinstance(v, str) else v for k, v in value.items()} if isinstance(value, dict) else value
 
     @field_validator("judges")
     @classmethod
@@ -163,31 +150,35 @@ class BenchConfig(BaseModel):
                              "(user files go under prompt_files)")
         if self.judges is None:
             self.judges = domain.default_judges(self.concepts)
-        if not (info.context or {}).get("plan"):
-            for name, spec in self.prompt_files.items():
-                for concept in self.concepts if "{concept}" in _path_of(spec) else []:
-                    _as_value_error(lambda p: read_prompt_file(p, concept, name, _categories_of(spec)),
-                                    self.prompt_file(name, concept))
+        if not (info.context or {}).get("plan"):  # a plan (`bench --dry-run`) lists missing files instead
+            self._check_prompt_files()
         return self
+
+    def _check_prompt_files(self) -> None:
+        """Read each file now (one per concept where the path says `{concept}`): a bad one stops
+        the run before anything is written; a folder must be one `conceptguard attack` saved."""
+        for name, spec in self.prompt_files.items():
+            for path in dict.fromkeys(self.prompt_file(name, c) for c in self.concepts or []):
+                if Path(path).is_dir():
+                    if not (Path(path) / "result.json").is_file():
+                        raise ValueError(f"prompt_files: {name}: {path} is a folder without the result.json of "
+                                         "`conceptguard attack`")
+                else:
+                    try:
+                        read_prompt_file(path, "check", name, spec.categories)
+                    except ConceptGuardError as exc:
+                        raise ValueError(f"prompt_files: {name}: {exc}") from exc
 
     def domain(self) -> Domain:
         return get_domain(self.model, self.clip)
 
     def prompt_file(self, name: str, concept: str) -> str:
         """The file of prompt set `name` for `concept` (`{concept}` in a path names one file per concept)."""
-        return _path_of(self.prompt_files[name]).replace("{concept}", concept)
+        return self.prompt_files[name].path.replace("{concept}", concept)
 
     def prompt_categories(self, name: str) -> list[str] | None:
         """The categories prompt set `name` keeps from its CSV (None: every row)."""
-        return _categories_of(self.prompt_files[name])
-
-
-def _path_of(spec: str | PromptFile) -> str:
-    return spec if isinstance(spec, str) else spec.path
-
-
-def _categories_of(spec: str | PromptFile) -> list[str] | None:
-    return None if isinstance(spec, str) else spec.categories
+        return self.prompt_files[name].categories
 
 
 def _as_value_error(check, value):

@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 
@@ -174,16 +175,21 @@ class Runner:
                     keys = self.keys(stack, pset)
                     have = self.store.existing([k for k, _, _ in keys])
                     todo = [(k, i, j) for k, i, j in keys if str(k) not in have]
-                    for guidance in dict.fromkeys(self.guidance(pset, i) for _, i, _ in todo):  # a batch, one scale
-                        mine = [t for t in todo if self.guidance(pset, t[1]) == guidance]
-                        for b in range(0, len(mine), c.batch_size):
-                            batch = mine[b:b + c.batch_size]
-                            self.store.add(self._run_batch(self.guard(stack, concept), stack, concept, pset, batch,
-                                                           guidance))
-                            added += len(batch)
-                            done += len(batch)
-                            report(self.progress, "generate + judge", min(done, total), total)
+                    for batch, guidance in self._batches(pset, todo):
+                        self.store.add(self._run_batch(self.guard(stack, concept), stack, concept, pset, batch, guidance))
+                        added += len(batch)
+                        done += len(batch)
+                        report(self.progress, "generate + judge", min(done, total), total)
         return added
+
+    def _batches(self, pset: PromptSet, todo: list) -> Iterator[tuple[list, float]]:
+        """`todo` in batches of `batch_size`, each with one guidance scale (a prompt may carry its own)."""
+        by_scale: dict[float, list] = {}
+        for item in todo:
+            by_scale.setdefault(self.guidance(pset, item[1]), []).append(item)
+        for guidance, mine in by_scale.items():
+            for b in range(0, len(mine), self.config.batch_size):
+                yield mine[b:b + self.config.batch_size], guidance
 
     def _image_path(self, stack: str, concept: str, prompt: str, seed: int, guidance: float) -> Path:
         c = self.config
