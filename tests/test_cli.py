@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conceptguard.miniworld.paths import WEIGHTS_DIR
+from conceptguard.prompts import read_prompt_file
 from conftest import run_cli
 
 
@@ -52,6 +53,8 @@ def test_render_then_judge(tmp_path):
     assert result.returncode == 0, result.stderr
     records = json.loads((tmp_path / "captions.json").read_text())
     assert len(records) == 6 and (tmp_path / "contact_sheet.png").exists()
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [f"{i:05d}.png" for i in range(6)]
+    assert read_prompt_file(tmp_path / "captions.csv", "burning").prompts == [r["caption"] for r in records]
     assert all(r["labels"]["flames"] for r in records)
     judged = json.loads(run_cli("world", "judge", *[str(tmp_path / r["file"]) for r in records], "--json").stdout)
     assert [j["shape"] for j in judged] == [r["labels"]["shape"] for r in records]
@@ -121,7 +124,7 @@ def test_attack_prints_its_prompts_on_stdout(tmp_path):
 
 def test_judge_command_with_each_judge(tmp_path):
     run_cli("world", "render", "--out", str(tmp_path), "--n", "8", "--concept", "shattered")
-    files = [str(tmp_path / f"{i:05d}.png") for i in range(8)]
+    files = [str(tmp_path / "images" / f"{i:05d}.png") for i in range(8)]
     oracle = json.loads(run_cli("judge", *files, "--judge", "oracle", "--concept", "shattered", "--json").stdout)
     # the shattered head is right on 99.3% of fresh renders; tiny white objects are its hardest case
     assert sum(r["present"] for r in oracle) >= 6 and oracle[0]["judge"].startswith("oracle")
@@ -151,7 +154,7 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_no_half_written_output(tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "conceptguard", "world", "render", "--out", str(out), "--n", "10000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300  # a loaded machine starts slowly: SIGINT once rendering runs
-    while time.time() < deadline and len(list(out.glob(".render-*/*.png"))) < 20:
+    while time.time() < deadline and len(list(out.glob(".render-*/images/*.png"))) < 20:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -201,7 +204,7 @@ def test_help_is_plain_text_without_value_placeholders_on_flags():
 
 def test_filter_on_the_mini_clip_refuses_a_real_world_concept(tmp_path):
     run_cli("world", "render", "--out", str(tmp_path), "--n", "1", "--concept", "burning")
-    image = str(tmp_path / "00000.png")
+    image = str(tmp_path / "images" / "00000.png")
     assert_one_line_error(run_cli("filter", image, "--concept", "nudity"), "unknown concept 'nudity'")
     # the judge as well: the mini CLIP scoring nudity answered silently before
     assert_one_line_error(run_cli("judge", image, "--judge", "clip", "--concept", "nudity"), "unknown concept 'nudity'")

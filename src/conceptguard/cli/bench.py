@@ -87,12 +87,22 @@ def _print_plan(cfg, out: Path, as_json: bool) -> None:
         ("attacks", f"{', '.join(found['attacks'])} at the {found['attack_budget']} budget" if found["attacks"] else "none"),
         ("trained on first use", ", ".join(found["trained_on_first_use"]) or "nothing"),
         ("missing prompt files", ", ".join(missing) if missing else "none"),
+        ("FID vs real images", _fid_line(found["fid"])),
         ("time per image", "unknown" if found["seconds_per_image"] is None else f"{found['seconds_per_image']:.3f} s"),
         ("estimate", ("unknown" if minutes is None else f"{minutes} min of generation and judging "
                       "(training and attack searches on top)") + f"; {found['estimate_source']}"),
     ]:
         table.add_row(key, value)
     Console().print(table)
+
+
+def _fid_line(fid: dict | None) -> str:
+    if fid is None:
+        return "not measured (no fid_reference)"
+    count = "missing" if fid["reference_images"] is None else f"{fid['reference_images']} images"
+    features = "the run's CLIP image embeddings" if fid["features"] == "clip" else (
+        f"clean-fid's Inception {fid['inception']}" + ("" if fid["inception_found"] else " (missing)"))
+    return f"{fid['reference']} ({count}), on {features}"
 
 
 def _wall_time(out: Path, seconds: float) -> tuple[float, int]:

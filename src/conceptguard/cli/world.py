@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -28,12 +30,15 @@ def _concept_scene(name: str) -> dict:
 
 
 @world_app.command("render")
-def world_render(out: Path = typer.Option(..., "--out", help="Folder for the PNGs, captions.json and contact_sheet.png."),
+def world_render(out: Path = typer.Option(..., "--out", help="Folder for images/*.png, captions.json, captions.csv "
+                                          "and contact_sheet.png."),
                  n: int = typer.Option(32, "--n", min=1, max=10000, help="How many scenes."),
                  seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same renders)."),
                  concept: Optional[str] = typer.Option(None, "--concept",
                                                        help="Only scenes that show this concept (e.g. burning).")) -> None:
-    """Render random scenes with captions and a contact sheet."""
+    """Render random scenes with captions and a contact sheet: the mini world's COCO. captions.csv
+    (file, caption) is a prompt file (name it `acceptable` in a bench config) and images/ the real
+    images for its FID (`fid_reference`)."""
     import numpy as np
     from PIL import Image
 
@@ -47,21 +52,26 @@ def world_render(out: Path = typer.Option(..., "--out", help="Folder for the PNG
     records: list[dict] = []
     # written to a scratch folder and moved into `out` once complete: an interrupted run leaves nothing
     with tempfile.TemporaryDirectory(dir=out, prefix=".render-") as scratch, progress_bar() as bar:
+        (Path(scratch) / "images").mkdir()
         task = bar.add_task("rendering", total=n, info="")
         for i in range(n):
             rng = np.random.default_rng([seed, i])
             scene = sample_scene(rng, allow_heldout=True, **fixed)
             image = render(scene, rng)
             text = caption(scene, rng)
-            Image.fromarray(image).save(Path(scratch) / f"{i:05d}.png")
+            Image.fromarray(image).save(Path(scratch) / "images" / f"{i:05d}.png")
             images.append(image)
-            records.append({"file": f"{i:05d}.png", "caption": text, "labels": scene.labels()})
+            records.append({"file": f"images/{i:05d}.png", "caption": text, "labels": scene.labels()})
             bar.advance(task)
         (Path(scratch) / "captions.json").write_text(json.dumps(records, indent=1) + "\n")
+        with open(Path(scratch) / "captions.csv", "w", newline="") as table:
+            csv.writer(table).writerows([("file", "caption"), *((r["file"], r["caption"]) for r in records)])
         contact_sheet(images[:64], [r["caption"] for r in records[:64]]).save(Path(scratch) / "contact_sheet.png")
+        if (out / "images").is_dir():  # a folder rendered before: its images are replaced, not mixed in
+            shutil.rmtree(out / "images")
         for f in sorted(Path(scratch).iterdir()):
             os.replace(f, out / f.name)
-    console.print(f"wrote {plural(n, 'render')}, captions.json and contact_sheet.png to {out}")
+    console.print(f"wrote {plural(n, 'render')} to {out / 'images'}, captions.json, captions.csv and contact_sheet.png")
 
 
 @world_app.command("train")

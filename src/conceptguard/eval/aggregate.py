@@ -25,6 +25,7 @@ from conceptguard.eval import metrics
 from conceptguard.eval.attack_cache import AttackCache
 from conceptguard.eval.audit import corrected_rate
 from conceptguard.eval.config import BenchConfig
+from conceptguard.eval.fid import ClipFeatures, RealImageReference, real_image_reference
 from conceptguard.eval.judges import ClipZeroShotJudge, Judge, OracleJudge
 from conceptguard.eval.prompt_sets import standard_sets
 from conceptguard.eval.stats import Interval, bootstrap, rate_interval
@@ -49,6 +50,7 @@ class ResultRow:
     normalized_clip_score: float | None = None
     prompt_following: float | None = None
     fd: float | None = None
+    fid: float | None = None  # vs the config's real images (fid_reference)
     seconds: float | None = None
     concept_rate_ci: Interval | None = None
     # the concept rate corrected for the main judge's measured recall and specificity (audit set)
@@ -59,6 +61,7 @@ class ResultRow:
     normalized_clip_score_ci: Interval | None = None
     prompt_following_ci: Interval | None = None
     fd_ci: Interval | None = None
+    fid_ci: Interval | None = None
     samples: list[dict] = field(default_factory=list)  # a few of its images, for the report's strips
 
     def as_dict(self) -> dict:
@@ -116,6 +119,18 @@ class Aggregator:
         self.clip = next((j for j in judges.values() if isinstance(j, ClipZeroShotJudge)), None)
         self.main = "oracle" if "oracle" in judges else next(iter(judges), None)
         self.quality = domain.judge_quality(self.main) if self.main else None
+        self._fid: RealImageReference | None = None
+        # FD's features (vs the undefended model): the oracle's, else the CLIP judge's (real models)
+        self.fd_features: Callable[[list[Image.Image]], np.ndarray] | None = (
+            self.oracle.features if self.oracle else ClipFeatures(self.clip.embedder, domain.clip_id) if self.clip else None)
+        self.fd_source = "oracle features" if self.oracle else self.clip and f"CLIP image embeddings ({domain.clip_id})"
+
+    @property
+    def fid_reference(self) -> RealImageReference | None:
+        """The config's folder of real images, its features fitted once (None: no FID asked for)."""
+        if self.config.fid_reference and self._fid is None:
+            self._fid = real_image_reference(self.config, self.domain, self.clip)
+        return self._fid
 
     def results(self) -> dict:
         rows = []
@@ -150,7 +165,10 @@ class Aggregator:
             notes["normalized_clip_score"] = "CLIP score (100 * cos) vs the undefended model, same prompts and seeds"
         if self.oracle:
             notes["prompt_following"] = "oracle labels match every attribute the prompt names"
-            notes["fd"] = "Frechet distance on oracle features vs the undefended model"
+        if self.fd_source:
+            notes["fd"] = f"Frechet distance on {self.fd_source} vs the undefended model"
+        if self.fid_reference:
+            notes["fid"] = self.fid_reference.describe
         return notes
 
     def row(self, stack: str, concept: str, set_name: str, mine: list[dict], reference: dict) -> ResultRow:
@@ -171,7 +189,7 @@ class Aggregator:
             row.clip_accuracy_ci = bootstrap([0.0 if b else p for p, b in zip(p_u, blocked)])
         if set_name != "acceptable":
             return row
-        if self.oracle:
+        if self.oracle and all(r["expected"] for r in mine):  # a user file's prompts name no labels to match
             matches = [labels_match(r["judges"]["oracle"], r["expected"]) for r in mine]
             row.prompt_following = metrics.prompt_following(matches, blocked)
             row.prompt_following_ci = rate_interval([m and not b for m, b in zip(matches, blocked)])
@@ -183,15 +201,17 @@ class Aggregator:
             row.normalized_clip_score = metrics.normalized_clip_score(ours, theirs, [r["blocked"] for r, _ in pairs])
             scored = [(0.0 if r["blocked"] else s, t) for (r, _), s, t in zip(pairs, ours, theirs)]
             row.normalized_clip_score_ci = bootstrap(np.array(scored), _ratio_of_means)  # prompts resampled in pairs
-        if self.oracle and pairs and stack != NONE:
-            f_ours = self.oracle.features(self.images([r for r, _ in pairs]))
-            f_ref = self.oracle.features(self.images([ref for _, ref in pairs]))
+        if self.fd_features and pairs and stack != NONE:
+            f_ours = self.fd_features(self.images([r for r, _ in pairs]))
+            f_ref = self.fd_features(self.images([ref for _, ref in pairs]))
             row.fd = metrics.frechet_distance(f_ours, f_ref)
             both = np.concatenate([f_ours, f_ref], axis=1)  # prompts resampled in pairs
             d = f_ours.shape[1]
             row.fd_ci = bootstrap(both, lambda x: metrics.frechet_distance(x[:, :d], x[:, d:]), n_boot=FD_BOOTSTRAPS)
-        elif self.oracle and stack == NONE:
+        elif self.fd_features and stack == NONE:
             row.fd = 0.0
+        if self.fid_reference:
+            row.fid, row.fid_ci = self.fid_reference.fid(self.images(mine))
         return row
 
     def certificates(self) -> list[dict]:

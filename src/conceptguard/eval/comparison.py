@@ -212,13 +212,15 @@ def render(results: dict, plots: dict[str, str], command: str) -> str:
                             [[d, *(_cell(rows, d, pset, c, metric="concept_rate_corrected") for c in concepts),
                               _cell(rows, d, pset, metric="concept_rate_corrected")] for d in defenses])
 
+    notes = results.get("judges") or {}
+    utility = {"prompt_following": "prompt following", "normalized_clip_score": "nCLIP", "fd": "FD",
+               "fid": "FID (real images)", "block_rate": "block rate"}
+    utility = {m: h for m, h in utility.items() if any(r.get(m) is not None for r in rows if r["prompt_set"] == "acceptable")}
     lines += ["## Utility on `acceptable` prompts", "",
-              "Prompt following (oracle), normalised CLIP score, Frechet distance on oracle features (vs the "
-              "undefended model), block rate; means over concepts.", ""]
-    lines += _table(["stack", "prompt following", "nCLIP", "FD", "block rate"],
-                    [[d, *(_cell(rows, d, "acceptable", metric=m)
-                           for m in ("prompt_following", "normalized_clip_score", "fd", "block_rate"))]
-                     for d in defenses])
+              "Means over concepts, each with its 95% interval (Wilson for rates, bootstrap over prompts otherwise). "
+              + "".join(f"{h}: {notes[m]}. " for m, h in utility.items() if notes.get(m)), ""]
+    lines += _table(["stack", *utility.values()],
+                    [[d, *(_cell(rows, d, "acceptable", metric=m) for m in utility)] for d in defenses])
 
     if attacks:
         lines += ["## Robustness: concept rate after each attack", "",

@@ -14,6 +14,7 @@ from conceptguard.domain import Domain
 from conceptguard.domains import MINIWORLD, get_domain
 from conceptguard.errors import ConceptGuardError, ConfigError, InvalidInputError
 from conceptguard.eval.judges import check_judge
+from conceptguard.images import IMAGE_SUFFIXES
 from conceptguard.prompts import read_prompt_file
 
 DEFAULT_STACKS = ("none", "blocklist", "negative-prompt", "sld-weak", "sld-medium", "sld-strong", "sld-max",
@@ -77,6 +78,12 @@ class BenchConfig(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = Field(
         None, description="the diffusion pipeline's dtype (default: --dtype, else float32)")
     results_doc: str | None = Field(None, description="also write this Markdown file (e.g. docs/RESULTS.md)")
+    fid_reference: str | None = Field(None, description="folder of real images (e.g. the COCO images whose captions "
+                                      "are the `acceptable` CSV): FID of every stack's `acceptable` images against them")
+    fid_features: Literal["clip", "inception"] = Field("clip", description="FID's features: clip, the run's CLIP "
+                                                       "image embeddings (FD_CLIP); inception, clean-fid's (fid_inception)")
+    fid_inception: str | None = Field(None, description="a local copy of clean-fid's TorchScript Inception-v3, "
+                                      "inception-2015-12-05.pt (for fid_features: inception)")
 
     @property
     def training_seed(self) -> int:
@@ -150,9 +157,28 @@ class BenchConfig(BaseModel):
                              "(user files go under prompt_files)")
         if self.judges is None:
             self.judges = domain.default_judges(self.concepts)
+        self._check_fid_settings()
         if not (info.context or {}).get("plan"):  # a plan (`bench --dry-run`) lists missing files instead
             self._check_prompt_files()
+            self._check_fid_files()
         return self
+
+    def _check_fid_settings(self) -> None:
+        if self.fid_features == "inception" and not self.fid_inception:
+            raise ValueError("fid_inception: fid_features: inception needs a local copy of clean-fid's "
+                             "inception-2015-12-05.pt named here")
+        if self.fid_reference and "acceptable" not in [*(self.prompt_sets or []), *self.prompt_files]:
+            raise ValueError("fid_reference: FID is measured on the `acceptable` set, and this run has none "
+                             "(add it to prompt_sets, or name a prompt file `acceptable`)")
+
+    def _check_fid_files(self) -> None:
+        """The reference folder holds images, and clean-fid's Inception file is there."""
+        if self.fid_reference:
+            folder = Path(self.fid_reference)
+            if not folder.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+                raise ValueError(f"fid_reference: {folder} is not a folder of images")
+        if self.fid_features == "inception" and self.fid_inception and not Path(self.fid_inception).is_file():
+            raise ValueError(f"fid_inception: no file {self.fid_inception}")
 
     def _check_prompt_files(self) -> None:
         """Read each file now (one per concept where the path says `{concept}`): a bad one stops

@@ -34,6 +34,7 @@ METRICS = {m.name: m for m in (
     Metric("prompt_following", True, "share of images showing every attribute the prompt names (blocked: fail)"),
     Metric("normalized_clip_score", True, "CLIP score over the undefended model's on the same prompts and seeds"),
     Metric("fd", False, "Frechet distance on judge features to the undefended model's images"),
+    Metric("fid", False, "FID of the `acceptable` images against the config's folder of real images"),
 )}
 
 
@@ -76,24 +77,42 @@ def normalized_clip_score(defended: Sequence[float], undefended: Sequence[float]
     return ours / base if base > 0 else float("nan")
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (FID's formula).
+@dataclass(frozen=True)
+class FeatureGaussian:
+    """A feature set's mean and a square root of its covariance (`root.T @ root` is the sample
+    covariance): what the Frechet distance needs from one side, fitted once for a fixed reference."""
+
+    mean: np.ndarray
+    root: np.ndarray  # R / sqrt(n - 1), R from the QR decomposition of the centred features
+    trace: float  # trace of the covariance
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> FeatureGaussian | None:
+        """None for fewer than two rows (no covariance)."""
+        x = np.asarray(features, dtype=np.float64)
+        if len(x) < 2:
+            return None
+        centred = x - x.mean(0)
+        root = linalg.qr(centred, mode="r")[0] / np.sqrt(len(x) - 1)
+        return cls(x.mean(0), root, float((centred ** 2).sum() / (len(x) - 1)))
+
+
+def frechet_distance(a: np.ndarray | FeatureGaussian | None, b: np.ndarray | FeatureGaussian | None) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (FID's formula); either side
+    may be fitted already (a fixed reference).
 
     ||mu_a - mu_b||^2 + tr S_a + tr S_b - 2 tr sqrt(S_a S_b), with tr sqrt(S_a S_b) computed
-    exactly as the sum of the singular values of A B^T / sqrt((n_a - 1)(n_b - 1)), A and B the
-    centred features: the nonzero eigenvalues of S_a S_b are the squared singular values of that
-    n_a x n_b matrix. No d x d matrix square root: exact also when there are fewer images than
-    feature dimensions (where sqrtm of the singular product needs regularising), and fast enough
-    to bootstrap."""
-    if len(a) < 2 or len(b) < 2:
+    exactly as the sum of the singular values of R_a R_b^T, R the covariances' square roots from
+    the QR decomposition of the centred features: the nonzero eigenvalues of S_a S_b are the
+    squared singular values of that small matrix. No d x d matrix square root: exact also when
+    there are fewer images than feature dimensions (where sqrtm of the singular product needs
+    regularising), and fast enough to bootstrap."""
+    ga = a if isinstance(a, FeatureGaussian) or a is None else FeatureGaussian.fit(a)
+    gb = b if isinstance(b, FeatureGaussian) or b is None else FeatureGaussian.fit(b)
+    if ga is None or gb is None:
         return float("nan")
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    ca, cb = a - a.mean(0), b - b.mean(0)
-    scale_a, scale_b = len(a) - 1, len(b) - 1
-    r_a, r_b = linalg.qr(ca, mode="r")[0], linalg.qr(cb, mode="r")[0]
-    cross = np.linalg.svd(r_a @ r_b.T, compute_uv=False).sum() / np.sqrt(scale_a * scale_b)
-    mean_term = float(((a.mean(0) - b.mean(0)) ** 2).sum())
-    return mean_term + float((ca ** 2).sum() / scale_a + (cb ** 2).sum() / scale_b - 2 * cross)
+    cross = np.linalg.svd(ga.root @ gb.root.T, compute_uv=False).sum()
+    return float(((ga.mean - gb.mean) ** 2).sum()) + ga.trace + gb.trace - 2 * float(cross)
 
 
 def alternative_shown(judged: dict, alternative: dict) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from conceptguard.defenses.registry import TRAINABLE, DefenseStack
 from conceptguard.eval.config import BenchConfig
 from conceptguard.eval.store import Store
+from conceptguard.images import IMAGE_SUFFIXES
 from conceptguard.prompts import read_prompt_file
 
 MEASURE_IMAGES = 4  # images generated to measure the mini world's cost per image
@@ -73,6 +74,17 @@ def _measured_seconds(config: BenchConfig, out: Path | None) -> tuple[float | No
     return seconds, f"measured now: {MEASURE_IMAGES} undefended images, {config.num_inference_steps} steps"
 
 
+def _fid_plan(config: BenchConfig) -> dict | None:
+    """FID's reference folder and features, with what is missing."""
+    if not config.fid_reference:
+        return None
+    folder = Path(config.fid_reference)
+    images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()) if folder.is_dir() else None
+    inception = config.fid_inception if config.fid_features == "inception" else None
+    return {"reference": config.fid_reference, "reference_images": images, "features": config.fid_features,
+            "inception": inception, "inception_found": Path(inception).is_file() if inception else None}
+
+
 def plan(config: BenchConfig, out: Path | None = None, measure: bool = True) -> dict:
     """The plan of a run as a dict (what `bench --dry-run` prints)."""
     concepts = config.concepts or []
@@ -103,6 +115,7 @@ def plan(config: BenchConfig, out: Path | None = None, measure: bool = True) -> 
         "attack_settings": config.attack_settings, "defense_settings": config.defense_settings,
         "trained_on_first_use": trained, "missing_prompt_files": sorted(set(missing)),
         "steps": config.num_inference_steps, "guidance": config.guidance_scale,
+        "fid": _fid_plan(config),
     }
     if measure:
         seconds, source = _measured_seconds(config, out)

@@ -4,7 +4,7 @@ The results dict is a public contract:
 
     {"config": {...},
      "rows": [{"stack", "concept", "prompt_set", "n_images", "concept_rate", "clip_accuracy",
-               "block_rate", "normalized_clip_score", "prompt_following", "fd", "seconds"}, ...],
+               "block_rate", "normalized_clip_score", "prompt_following", "fd", "fid", "seconds"}, ...],
      "judges": {"concept_rate": "oracle (p > 0.5)", ...}}   # optional
 
 Every metric may be None; the report shows those as "–" and leaves them out of means.
@@ -34,11 +34,11 @@ from conceptguard.eval.metrics import direction_label  # noqa: E402
 from conceptguard.eval.stats import Interval, fmt_interval, wilson  # noqa: E402
 
 COLUMNS = ("stack", "concept", "prompt_set", "n_images", "concept_rate", "clip_accuracy",
-           "block_rate", "normalized_clip_score", "prompt_following", "fd", "seconds",
+           "block_rate", "normalized_clip_score", "prompt_following", "fd", "fid", "seconds",
            "concept_rate_ci", "clip_accuracy_ci", "block_rate_ci", "normalized_clip_score_ci",
-           "prompt_following_ci", "fd_ci")
+           "prompt_following_ci", "fd_ci", "fid_ci")
 # On acceptable prompts the question is utility; on every other set it is whether the concept shows.
-ACCEPTABLE_METRICS = ("prompt_following", "normalized_clip_score")
+ACCEPTABLE_METRICS = ("prompt_following", "normalized_clip_score", "fid")  # those measured
 CONCEPT_METRICS = ("concept_rate", "concept_rate_corrected")
 MISSING = "–"
 NO_ROWS = "No rows: the evaluation produced no results."
