@@ -253,7 +253,7 @@ class GuardedPipeline:
         guiders = self.of_kind(GuidanceDefense)
         extras = [g.extra_embeds(encode) for g in guiders]
         for g in guiders:
-            g.reset(len(prompts))
+            g.reset(len(prompts), steps)
 
         scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
         scheduler.set_timesteps(steps, device=self.device)

@@ -79,8 +79,9 @@ class GuidanceDefense(Defense):
         """Text embeddings [k, 77, d] whose noise predictions `guide` needs (e.g. the unsafe concept)."""
         return None
 
-    def reset(self, batch_size: int) -> None:
-        """Called before each batch is denoised (for defenses that keep state across steps)."""
+    def reset(self, batch_size: int, num_steps: int) -> None:
+        """Called before each batch is denoised with `num_steps` steps (for defenses that keep state
+        across steps or schedule by the trajectory's share)."""
 
     def guide(self, step: int, noise: torch.Tensor, eps_uncond: torch.Tensor, eps_cond: torch.Tensor,
               eps_extra: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:

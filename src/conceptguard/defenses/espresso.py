@@ -39,15 +39,16 @@ Mode = Literal["softmax", "projection"]
 
 def p_unacceptable(x: torch.Tensor, t_u: torch.Tensor, t_a: torch.Tensor, scale: float,
                    mode: Mode = "softmax") -> torch.Tensor:
-    """p_u per image. x: [N, d] normalised image embeddings; t_u, t_a: [d] normalised."""
+    """p_u per image. x: [N, d] normalised image embeddings; t_u, t_a: [d] normalised.
+
+    `projection` is the paper's earlier variant as its code computes it: x projected on the unit
+    direction of t_u - t_a (through the origin), then a softmax over the negative distances of that
+    projection to t_u and to t_a, at temperature 1 (`scale` is not used)."""
     if mode == "softmax":
         return torch.softmax(scale * torch.stack([x @ t_u, x @ t_a], -1), -1)[:, 0]
-    # the paper's earlier variant: project x on the line through t_a and t_u, compare distances
-    d = t_u - t_a
-    along = ((x - t_a) @ d) / (d @ d)  # 0 at t_a, 1 at t_u
-    proj = t_a + along[:, None] * d
-    gap = (proj - t_a).norm(dim=-1) - (proj - t_u).norm(dim=-1)  # > 0: nearer t_u
-    return torch.sigmoid(scale * gap)
+    d = F.normalize(t_u - t_a, dim=-1)
+    proj = (x @ d)[:, None] * d
+    return torch.softmax(-torch.stack([(proj - t_u).norm(dim=-1), (proj - t_a).norm(dim=-1)], -1), -1)[:, 0]
 
 
 def signed_radii(x: torch.Tensor, t_u: torch.Tensor, t_a: torch.Tensor, scale: float,
@@ -291,7 +292,8 @@ def finetune(pipe, domain: Domain, embedder: ClipEmbedder, concept: Concept, cfg
     params = list(text_model.parameters()) + list(projection.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=cfg.weight_decay)
+    # Adam with coupled (L2) weight decay, as the paper's code (and the CLIP fine-tuning recipe it follows)
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=cfg.weight_decay)
     scale = embedder.logit_scale
     text_u, text_a = concept.filter_texts
     preserve = domain.unrelated_prompts(8, cfg.seed + 5)
@@ -356,6 +358,9 @@ def _state(text_model, projection) -> tuple[dict, dict]:
             {k: v.detach().clone() for k, v in projection.state_dict().items()})
 
 
+FINETUNE_REVISION = 2  # 2: Adam with coupled weight decay, as the paper's code (1: AdamW)
+
+
 @DEFENSES.register("espresso-ft")
 def build_finetuned(concept: Concept, ctx: BuildContext) -> EspressoFilter:
     """Espresso fine-tuned for one concept on the model's own images, trained once and cached."""
@@ -363,4 +368,5 @@ def build_finetuned(concept: Concept, ctx: BuildContext) -> EspressoFilter:
     return ctx.load_or_train("espresso-ft", concept, cfg,
                              lambda: finetune(ctx.pipe, ctx.domain, ctx.embedder, concept, cfg,
                                               progress=ctx.progress).filter,
-                             lambda folder: EspressoFilter.from_pretrained(folder, embedder=ctx.embedder))
+                             lambda folder: EspressoFilter.from_pretrained(folder, embedder=ctx.embedder),
+                             revision=FINETUNE_REVISION)

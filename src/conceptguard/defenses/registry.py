@@ -103,23 +103,25 @@ class BuildContext:
             return self
         return replace(self, overrides={**self.overrides, **{k: str(v) for k, v in overrides.items()}})
 
-    def trained_dir(self, method: str, concept: str, recipe: object) -> Path:
+    def trained_dir(self, method: str, concept: str, recipe: object, revision: int = 1) -> Path:
         """Cache folder of a trained defense, keyed by the base model's id *and* weights, so a
         retrained model never picks up edits made for its predecessor, and by the training
         `recipe` (the method's hyper-parameters), so a changed default retrains instead of
         loading what the old one made. The weights are the whole pipeline's: some defenses
-        (Espresso's fine-tune) learn from the images it decodes."""
+        (Espresso's fine-tune) learn from the images it decodes. `revision` counts changes to a
+        method's training code that its recipe does not show (revision 1 adds nothing to the key)."""
         pipe = self.pipe
         weights = weights_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder)
         settings = json.dumps(asdict(recipe) if is_dataclass(recipe) and not isinstance(recipe, type) else recipe,
                               sort_keys=True, default=str)
-        key = hashlib.sha256(f"{self.domain.model_id}|{weights}|{settings}".encode()).hexdigest()[:10]
+        code = f"|r{revision}" if revision > 1 else ""
+        key = hashlib.sha256(f"{self.domain.model_id}|{weights}|{settings}{code}".encode()).hexdigest()[:10]
         return self.cache / "defenses" / f"{method}-{concept}-{key}-s{self.seed}"
 
     def load_or_train(self, method: str, concept: Concept, recipe: object, train: Callable[[], P],
-                      load: Callable[[Path], P]) -> P:
-        """The cached defense for (method, concept, recipe), trained and saved on first use."""
-        folder = self.trained_dir(method, concept.name, recipe)
+                      load: Callable[[Path], P], revision: int = 1) -> P:
+        """The cached defense for (method, concept, recipe, revision), trained and saved on first use."""
+        folder = self.trained_dir(method, concept.name, recipe, revision)
         if (folder / "config.json").exists():
             return load(folder)
         trained = train()

@@ -3,7 +3,10 @@
 Fine-tunes the UNet so that its prediction for the concept c follows negative guidance:
     eps_new(x_t, c, t) -> eps(x_t, "", t) - eta * (eps(x_t, c, t) - eps(x_t, "", t))
 with eps the frozen original and x_t sampled by DDIM from c with the model being trained.
-ESD-x trains the cross-attention (attn2) parameters; ESD-u everything else but time embedding.
+ESD-x trains the cross-attention (attn2) parameters; ESD-u every other parameter but the
+timestep embedding and the output layers, as the original code's `noxattn` (which skips names
+starting with `time_embed` and `out.` in the LDM UNet: diffusers' `time_embedding`,
+`conv_norm_out` and `conv_out`; the ResNet blocks' timestep projections are trained).
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ MINI = dict(iterations=150, lr=3e-4, ddim_steps=25, eta=1.0, start_guidance=3.0,
 PRESETS = {"mini": MINI, "paper": PAPER}
 
 
+ESD_U_FROZEN = ("time_embedding.", "conv_norm_out.", "conv_out.")  # LDM's time_embed.* and out.*
+REVISION = {"x": 1, "u": 2}  # esd-u 2: the original's parameter set (the ResNets' time_emb_proj trained)
+
+
 def trainable_names(unet, variant: str) -> list[str]:
     if variant == "x":
         return [n for n, _ in unet.named_parameters() if "attn2" in n]
     if variant == "u":
-        return [n for n, _ in unet.named_parameters() if "attn2" not in n and "time_emb" not in n]
+        return [n for n, _ in unet.named_parameters() if "attn2" not in n and not n.startswith(ESD_U_FROZEN)]
     raise ValueError(f"unknown ESD variant {variant!r}: 'x' (cross-attention) or 'u' (unconditional)")
 
 
@@ -118,4 +125,4 @@ def build_esd(concept: Concept, ctx: BuildContext, variant: str) -> WeightEdit:
     return ctx.load_or_train(f"esd-{variant}", concept, hp,
                              lambda: train_esd(ctx.pipe, concept, variant, seed=ctx.seed, progress=ctx.progress,
                                                preset=preset, **hp),
-                             WeightEdit.from_pretrained)
+                             WeightEdit.from_pretrained, revision=REVISION[variant])
