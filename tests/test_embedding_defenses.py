@@ -148,3 +148,43 @@ def test_embedding_defenses_in_the_guard(pipe, sanitizer, steerdiff):
     # stacked, SteerDiff sees the sanitized embedding, in which "burning" is gone
     out = GuardedPipeline(pipe, [sanitizer, steerdiff])(prompts[:1], seed=0, num_inference_steps=2)
     assert [d.defense for d in out.records[0].decisions] == ["sanitizer", "steerdiff"]
+
+
+@pytest.mark.parametrize("spans_only", [False, True])
+def test_steerdiffs_surrogate_is_the_defense_forward_and_lets_an_adaptive_attack_lower_the_score(pipe, steerdiff,
+                                                                                                  spans_only):
+    """The straight-through identifier: the same embeddings as the defense, and a gradient that an
+    adaptive attacker follows to a prompt embedding the identifier no longer flags."""
+    from conceptguard.learned_tokens import override_token_embeddings
+
+    defense = SteerDiff(steerdiff.identifier, steerdiff.steer_map, steerdiff.config, spans_only=spans_only)
+    ids = pipe.tokenizer(["a burning red heart on grass"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    table = pipe.text_encoder.get_input_embeddings()
+    token_embeds = table(ids).detach().clone().requires_grad_(True)
+
+    def encode():
+        with override_token_embeddings(pipe.text_encoder, token_embeds):
+            return pipe.text_encoder(ids)[0]
+
+    def top_score() -> float:
+        with torch.no_grad():
+            return max(s for *_, s in defense.span_scores(encode(), ids)[0])
+
+    with torch.no_grad():
+        hidden = encode()
+        assert torch.allclose(defense.differentiable(hidden, ids), defense.steer(hidden, ids)[0], atol=1e-5)
+    before = top_score()
+    assert before > defense.threshold
+    # the adaptive attacker's aim: the UNet sees what the undefended encoder gives
+    # (once unflagged the loss is 0 and the search stops moving: it ends near the threshold)
+    opt = torch.optim.Adam([token_embeds], lr=0.02)
+    scores = []
+    for _ in range(60):
+        hidden = encode()
+        loss = (defense.differentiable(hidden, ids) - hidden.detach()).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        scores.append(top_score())
+    assert min(scores) <= defense.threshold and scores[-1] < before - 0.3

@@ -40,6 +40,14 @@ class Identifier(nn.Module):
         return torch.sigmoid(self.net(windows.flatten(1)).squeeze(-1))
 
 
+def _straight_through(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """1 where sigmoid(logit) > threshold, else 0, with the gradient of the soft flag
+    sigmoid(logit - logit(threshold))."""
+    soft = torch.sigmoid(logits - torch.logit(torch.tensor(threshold, device=logits.device)))
+    hard = (torch.sigmoid(logits) > threshold).to(soft.dtype)
+    return hard + soft - soft.detach()
+
+
 def windows(hidden: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Every span of 1..9 tokens inside [start, end) of one prompt's hidden states [L, d],
     zero-padded to [9, d]. Returns the windows and their (first, last + 1) positions."""
@@ -86,8 +94,31 @@ class SteerDiff(PretrainedMixin, EmbeddingDefense):
         return self._steer(prompt_embeds, input_ids, eps)
 
     def differentiable(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """Gradients flow through the steering map; which spans are flagged is a hard decision."""
-        return self._steer(prompt_embeds, input_ids)[0]
+        """The steered embeddings for adaptive attacks, with a straight-through identifier: the
+        forward pass is the defense's own (a window over the threshold steers), the backward pass
+        differentiates a soft flag -- the identifier's probability, shifted so that it is 0.5 at
+        the threshold -- so gradients reach the identifier and an attacker can learn to avoid it
+        (a hard decision has no gradient)."""
+        hidden = prompt_embeds.float()
+        self.steer_map.to(hidden.device)
+        self.identifier.to(hidden.device)
+        moved = (1 - self.eps) * hidden + self.eps * self.steer_map(hidden)
+        mask = token_mask(input_ids, self.config["bos"], self.config["eos"])
+        rows = []
+        for h, m, to in zip(hidden, mask, moved):
+            n = int(m.sum())
+            gate = h.new_zeros(len(h))
+            if n:
+                wins, spans = windows(h, 1, 1 + n)
+                logits = self.identifier.net(wins.flatten(1)).squeeze(-1)
+                if self.spans_only:  # each token: the highest window that covers it
+                    covers = torch.tensor([[i <= k < j for i, j in spans] for k in range(1, 1 + n)], device=h.device)
+                    gate[1:1 + n] = _straight_through(logits.expand(n, -1).masked_fill(~covers, -torch.inf).amax(1),
+                                                      self.threshold)
+                else:  # every token but BOS, EOS and padding included
+                    gate[1:] = _straight_through(logits.max(), self.threshold)
+            rows.append(h + gate[:, None] * (to - h))
+        return torch.stack(rows).to(prompt_embeds.dtype)
 
     def _steer(self, prompt_embeds: torch.Tensor, input_ids: torch.Tensor,
                eps: float | None = None) -> tuple[torch.Tensor, list[float]]:
