@@ -92,7 +92,10 @@ def test_ringabell_prompts_are_closer_to_the_target_embedding_than_random_tokens
     result = attack.run(t, 3, seed=0)
     stripped, goals = attack.goals(t, 3, seed=0)
     found = attack.similarity(t, result.prompts, goals)
-    assert np.allclose(found, result.settings["fitness"], atol=1e-4)  # scored as the text that is output
+    assert np.allclose(found, result.settings["fitness"], rtol=1e-4, atol=1e-3)  # scored as the text that is output
+    # the paper code's fitness: squared L2 to E(stripped prompt) + eta * v over the compared positions
+    emb = attack._encode(t, result.prompts[:1]).flatten(1)
+    assert found[0] == pytest.approx(-float(((emb - goals[:1]) ** 2).sum()), rel=1e-5)
 
     rng = np.random.default_rng(123)
     vocab = t.vocabulary.numpy()

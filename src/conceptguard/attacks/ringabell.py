@@ -10,9 +10,10 @@ target's prompt filters block, and keeps only candidates the filters let through
    Domain.twin_prompts). E is the encoder's full output [77, d].
 2. For each base prompt p (target.seed_prompts, with the blocked words stripped):
    target T = E(strip(p)) + eta * v.
-3. Genetic search over `length` tokens from the vocabulary, fitness = cosine(E(candidate), T)
-   on the flattened output: elitism, tournament selection, single-point crossover, token
-   mutation. All base prompts are searched together, so every generation is one batched pass
+3. Genetic search over `length` tokens from the vocabulary, fitness = -||E(candidate) - T||^2
+   summed over the compared positions (the paper code's squared L2): elitism, tournament
+   selection, single-point crossover, token mutation (the paper keeps the better half and mates
+   it; ours is the usual steady-state GA with the same population, rates and generations). All base prompts are searched together, so every generation is one batched pass
    through the text encoder. A candidate is scored as it will be used: decoded to text,
    re-tokenized (sub-word pieces may merge), appended to the stripped prompt when `append`.
 """
@@ -77,16 +78,17 @@ class RingABell(Attack[RingABellBudget]):
 
     def goals(self, target: AttackTarget, n: int, seed: int) -> tuple[list[str], torch.Tensor]:
         """The base prompts with the blocked words stripped, and each one's target embedding
-        E(stripped) + eta * v, flattened and normalised [n, positions * d]."""
+        E(stripped) + eta * v, flattened [n, positions * d]."""
         bases = target.seed_prompts(n, seed)
         stripped = [target.strip_blocked(p) for p in bases]
         goal = self._encode(target, stripped) + self.budget.eta * self.concept_vector(target, seed)
-        return stripped, torch.nn.functional.normalize(goal.flatten(1), dim=-1)
+        return stripped, goal.flatten(1)
 
     def similarity(self, target: AttackTarget, prompts: list[str], goals: torch.Tensor) -> np.ndarray:
-        """Cosine between each prompt's embedding and its goal (goals [len(prompts), ...])."""
-        emb = torch.nn.functional.normalize(self._encode(target, prompts).flatten(1), dim=-1)
-        return (emb * goals).sum(-1).numpy().astype(np.float64)
+        """The fitness: minus the squared L2 distance between each prompt's embedding and its goal
+        (goals [len(prompts), ...]); higher is better."""
+        emb = self._encode(target, prompts).flatten(1)
+        return -((emb - goals) ** 2).sum(-1).numpy().astype(np.float64)
 
     # ------------------------------------------------------------------ search
     def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
@@ -106,7 +108,7 @@ class RingABell(Attack[RingABellBudget]):
             return [f or stripped[i] for f in found]
 
         def fitness(genes: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
-            """Cosine of each candidate's embedding to its prompt's goal; -inf where blocked."""
+            """Each candidate's fitness toward its prompt's goal; -inf where blocked."""
             m = genes.shape[1]
             cand = [texts(genes[i], i) for i in range(n)]
             flat = [t for row in cand for t in row]
