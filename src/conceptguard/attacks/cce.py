@@ -34,12 +34,14 @@ from conceptguard.learned_tokens import LearnedTokens
 
 
 class CCEBudget(Budget):
-    """Paper: textual inversion with ~1000-5000 steps at lr 5e-3 (SD v1.4)."""
+    """The paper's Concept Inversion (SD v1.4): textual inversion for 5,000 steps at lr 5e-3 on 25
+    images of the concept, batch 4 with 4 gradient-accumulation steps (16 samples a step); 1,000
+    steps against SLD (`attack_settings: {cce: {steps: 1000}}`)."""
 
-    steps: int = 1000
+    steps: int = 5000
     lr: float = 5e-3
-    batch: int = 4  # (image, prompt, t, eps) samples per step
-    images: int = 16  # (prompt, concept image) pairs to learn from
+    batch: int = 16  # (image, prompt, t, eps) samples per step (the paper: 4 x 4 accumulated)
+    images: int = 25  # (prompt, concept image) pairs to learn from
     t_min: int = 0
     t_max: int = 1000
     clip_weight: float = 0.01  # adaptive form: weight of the image-filter hinge (per image)

@@ -1,0 +1,47 @@
+"""The `paper` budgets are the papers' (docs/attacks.md, "Budgets: the papers' and ours"), pinned
+here so a change to a preset is a change to this file and its sources, not a silent one."""
+
+from __future__ import annotations
+
+import pytest
+
+from conceptguard.attacks import get_attack
+
+# Values from each paper and its authors' code, for Stable Diffusion v1.4.
+PAPER = {
+    # PEZ (Wen et al., NeurIPS 2023), sample_config.json: 16 tokens, 3000 AdamW steps, lr 0.1, wd 0.1
+    "pez": dict(prompt_len=16, iterations=3000, lr=0.1, weight_decay=0.1, images=1),
+    # Ring-A-Bell (Tsai et al., ICLR 2024), InversePrompt.py: length 16, coefficient 3,
+    # population 200, 3000 generations, mutation 0.25, crossover 0.5, all 77 positions compared
+    "ringabell": dict(length=16, eta=3.0, population=200, generations=3000, mutation=0.25, crossover=0.5,
+                      positions=77, append=False),
+    # UnlearnDiffAtk (Zhang et al., ECCV 2024): 5 prefix tokens (3 for styles), 40 steps
+    "unlearndiff": dict(tokens=5, iterations=40),
+    # CCE (Pham et al., ICLR 2024): 5000 steps at lr 5e-3, batch 4 x 4 accumulated, 25 images
+    "cce": dict(steps=5000, lr=5e-3, batch=16, images=25),
+    # SneakyPrompt (Yang et al., S&P 2024): at most 60 queries per prompt
+    "sneaky": dict(queries=60),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_budgets_are_the_papers(name):
+    budget = get_attack(name, "paper").budget.model_dump()
+    assert {k: budget[k] for k in PAPER[name]} == PAPER[name]
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_the_adaptive_forms_share_the_paper_budget(name):
+    plus = f"{name}+"
+    from conceptguard.attacks import ATTACKS
+
+    if plus in ATTACKS.names():
+        assert get_attack(plus, "paper").budget == get_attack(name, "paper").budget
+
+
+def test_cpu_budgets_are_smaller_than_the_papers():
+    """Every `cpu` budget spends less than the paper's on the axis its table names."""
+    axis = {"pez": "iterations", "ringabell": "generations", "unlearndiff": "iterations", "cce": "steps",
+            "sneaky": "queries"}
+    for name, key in axis.items():
+        assert getattr(get_attack(name, "cpu").budget, key) < getattr(get_attack(name, "paper").budget, key)
