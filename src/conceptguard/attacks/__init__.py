@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from pydantic import ValidationError
 
 from conceptguard.attacks import cce, pez, ringabell, sneaky, synonym, typo, unlearndiff  # noqa: F401  (registration)
-from conceptguard.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks.base import ADVERSARIAL, ATTACKS, Attack, AttackResult, AttackTarget, Budget
 from conceptguard.errors import ConfigError
 
 BUDGETS = ("cpu", "paper")
@@ -47,4 +47,4 @@ def get_attack(name: str, budget: str = "cpu", settings: Mapping[str, Any] | Non
     return cls(preset, **kwargs)
 
 
-__all__ = ["ATTACKS", "BUDGETS", "Attack", "AttackResult", "AttackTarget", "Budget", "get_attack"]
+__all__ = ["ADVERSARIAL", "ATTACKS", "BUDGETS", "Attack", "AttackResult", "AttackTarget", "Budget", "get_attack"]

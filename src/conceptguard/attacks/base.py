@@ -33,6 +33,7 @@ from conceptguard.prompts import Part, PromptItem, PromptSet
 from conceptguard.registry import Registry
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")
+ADVERSARIAL = "adversarial-"  # an attack's prompt set is named ADVERSARIAL + its name
 
 if TYPE_CHECKING:  # the central handles, for type hints only
     from diffusers import UNet2DConditionModel
@@ -87,7 +88,7 @@ class AttackResult:
 
     def prompt_set(self) -> PromptSet:
         """The `adversarial-<attack>` prompt set: every prompt is meant to show the concept."""
-        return PromptSet(f"adversarial-{self.attack}", self.concept,
+        return PromptSet(ADVERSARIAL + self.attack, self.concept,
                          tuple(PromptItem(p, {self.concept: True}) for p in self.prompts), self.tokens)
 
     def cost(self) -> dict:
@@ -115,6 +116,9 @@ class Attack(Generic[B]):
     # embedding defenses or image filters, so targets that share weights share its result
     whitebox: ClassVar[bool] = False
     budget_type: ClassVar[type[Budget]] = Budget
+    # True: prompt i of a result rewrites `target.seed_prompts(n, seed)[i]`, so the cumulative ASR
+    # (UnlearnDiffAtk's: the seed prompt or its attack succeeded) is defined for it
+    rewrites_seed_prompts: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

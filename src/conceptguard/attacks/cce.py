@@ -101,6 +101,7 @@ class CCEAttack(WhiteBoxAttack[CCEBudget]):
     """
 
     name = "cce"
+    rewrites_seed_prompts = True
     threat_model = "white box on the defended model: a learned token embedding (textual inversion)"
 
     def _attack(self, target: AttackTarget, n: int, seed: int, gen: torch.Generator) -> AttackResult:

@@ -13,8 +13,9 @@ target's prompt filters block, and keeps only candidates the filters let through
 3. Genetic search over `length` tokens from the vocabulary, fitness = -||E(candidate) - T||^2
    summed over the compared positions (the paper code's squared L2): elitism, tournament
    selection, single-point crossover, token mutation (the paper keeps the better half and mates
-   it; ours is the usual steady-state GA with the same population, rates and generations). All base prompts are searched together, so every generation is one batched pass
-   through the text encoder. A candidate is scored as it will be used: decoded to text,
+   it; ours is the usual steady-state GA with the same population, rates and generations).
+   All base prompts are searched together, so every generation is one batched pass through
+   the text encoder. A candidate is scored as it will be used: decoded to text,
    re-tokenized (sub-word pieces may merge), appended to the stripped prompt when `append`.
 """
 
@@ -56,6 +57,7 @@ class RingABell(Attack[RingABellBudget]):
     name = "ringabell"
     threat_model = "text encoder only: concept vector + genetic token search (filter-aware vocabulary)"
     target_dependent = False
+    rewrites_seed_prompts = True
 
     # ------------------------------------------------------------------ embeddings
     def _encode(self, target: AttackTarget, prompts: list[str], batch: int = 512) -> torch.Tensor:

@@ -63,6 +63,7 @@ class SneakyBudget(Budget):
 @ATTACKS.register("sneaky")
 class SneakyPrompt(Attack[SneakyBudget]):
     name = "sneaky"
+    rewrites_seed_prompts = True
     threat_model = "black box, query-limited: token substitutions, reward = attacker's CLIP x not blocked"
     target_dependent = True
 

@@ -255,6 +255,7 @@ class UnlearnDiffAtk(WhiteBoxAttack[UnlearnDiffBudget]):
     """
 
     name = "unlearndiff"
+    rewrites_seed_prompts = True
     threat_model = "white box on the defended model: prefix tokens optimised on its denoising loss"
 
     def _attack(self, target: AttackTarget, n: int, seed: int, gen: torch.Generator) -> AttackResult:

@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from conceptguard.attacks import AttackResult, AttackTarget, get_attack
+from conceptguard.domain import Domain
 from conceptguard.progress import Progress, report
-from conceptguard.prompts import PromptSet
+from conceptguard.prompts import PromptItem, PromptSet
+
+SEED_SET = "attack-seeds"  # the prompts the attacks start from, measured on every stack
 
 
 class AttackCache:
@@ -29,6 +32,16 @@ class AttackCache:
     def index(self) -> dict[str, str]:
         """(attack|stack|concept) -> result folder, relative to the run's folder."""
         return json.loads(self.index_path.read_text()) if self.index_path.is_file() else {}
+
+    def seed_sets(self, domain: Domain, concept: str) -> list[PromptSet]:
+        """The prompts the attacks start from (the domain's `seed_prompts` at the run's seed and
+        size), as a set every stack is measured on: the rate before any attack, and the other half
+        of the cumulative ASR. Empty without attacks."""
+        if not self.attacks:
+            return []
+        c = domain.concept(concept)
+        prompts = domain.seed_prompts(c, self.prompts, self.seed)
+        return [PromptSet(SEED_SET, c.name, tuple(PromptItem(p, {c.name: True}) for p in prompts))]
 
     def prompt_sets(self, stack: str, concept: str,
                     target: Callable[[], AttackTarget] | None = None) -> list[PromptSet]:

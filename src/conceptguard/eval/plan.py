@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from conceptguard.attacks import ADVERSARIAL
 from conceptguard.defenses.registry import TRAINABLE, DefenseStack
+from conceptguard.eval.attack_cache import SEED_SET
 from conceptguard.eval.config import BenchConfig
 from conceptguard.eval.store import Store
 from conceptguard.images import IMAGE_SUFFIXES
@@ -92,14 +94,15 @@ def plan(config: BenchConfig, out: Path | None = None, measure: bool = True) -> 
     per_concept: dict[str, int] = {}  # prompts per stack, of the sets whose size is known
     for concept in concepts:
         count = (len(config.prompt_sets or []) * config.prompts_per_set
-                 + len(config.attacks) * config.attack_prompts)
+                 + (len(config.attacks) + bool(config.attacks)) * config.attack_prompts)  # with the attacks' seeds
         for name in config.prompt_files:
             n, lost = _prompt_count(config, name, concept)
             if lost:
                 missing.append(lost)
             count += n or 0
         per_concept[concept] = count
-    sets = [*(config.prompt_sets or []), *config.prompt_files, *(f"adversarial-{a}" for a in config.attacks)]
+    sets = [*(config.prompt_sets or []), *config.prompt_files, *([SEED_SET] if config.attacks else []),
+            *(ADVERSARIAL + a for a in config.attacks)]
     images = sum(per_concept.values()) * len(config.defenses) * config.images_per_prompt
     trained = sorted({name for stack in config.defenses for name in DefenseStack.parse(stack).names
                       if name in TRAINABLE})

@@ -36,7 +36,8 @@ from conceptguard.eval.stats import Interval, fmt_interval, wilson  # noqa: E402
 COLUMNS = ("stack", "concept", "prompt_set", "n_images", "concept_rate", "clip_accuracy",
            "block_rate", "normalized_clip_score", "prompt_following", "fd", "fid", "seconds",
            "concept_rate_ci", "clip_accuracy_ci", "block_rate_ci", "normalized_clip_score_ci",
-           "prompt_following_ci", "fd_ci", "fid_ci")
+           "prompt_following_ci", "fd_ci", "fid_ci", "asr_best_of_n", "asr_best_of_n_ci", "asr_cumulative",
+           "asr_cumulative_ci")
 # On acceptable prompts the question is utility; on every other set it is whether the concept shows.
 ACCEPTABLE_METRICS = ("prompt_following", "normalized_clip_score", "fid")  # those measured
 CONCEPT_METRICS = ("concept_rate", "concept_rate_corrected")
@@ -102,7 +103,7 @@ def _fmt(value: float | None) -> str:
 
 # ---------------------------------------------------------------- intervals
 
-RATES = ("concept_rate", "block_rate", "prompt_following")  # shares of images: Wilson intervals pool
+RATES = ("concept_rate", "block_rate", "prompt_following", "asr_cumulative")  # shares of images: Wilson intervals pool
 
 
 def pooled_interval(rows: list[dict], metric: str = "concept_rate") -> Interval | None:

@@ -163,14 +163,15 @@ class Runner:
         self.check_judges()
         concepts = c.concepts or []
         per_pair = sum(len(s.items) for s in self.prompt_sets(concepts[0])) if concepts else 0
-        per_pair += len(c.attacks) * c.attack_prompts
+        per_pair += (len(c.attacks) + bool(c.attacks)) * c.attack_prompts  # the attacks' sets and their seeds
         total = len(concepts) * len(c.defenses) * per_pair * c.images_per_prompt
         done = min(self.store.count(), total)
         added = 0
         for concept in concepts:
             for stack in c.defenses:
                 target = lambda stack=stack, concept=concept: self.attack_target(stack, concept)  # noqa: E731
-                sets = self.prompt_sets(concept) + self.attacks.prompt_sets(stack, concept, target)
+                sets = [*self.prompt_sets(concept), *self.attacks.seed_sets(self.domain, concept),
+                        *self.attacks.prompt_sets(stack, concept, target)]
                 for pset in sets:
                     keys = self.keys(stack, pset)
                     have = self.store.existing([k for k, _, _ in keys])
