@@ -154,3 +154,42 @@ def test_sneaky_keeps_a_prompt_that_already_works(pipe):
         if s >= 0.5:  # already optimal for the attacker: one query, the prompt unchanged
             assert prompt == base and q == 1
     assert result.queries <= 2 * attack.budget.queries
+
+
+# ------------------------------------------------------------------ filter-aware PEZ+ and Ring-A-Bell+
+
+@pytest.fixture(scope="module")
+def espresso_target(pipe, clip_and_processor):
+    from conceptguard.attacks import AttackTarget
+    from conceptguard.defenses.espresso import EspressoFilter
+    from conceptguard.domains import get_concept
+    from conceptguard.guard import GuardedPipeline
+    from conceptguard.miniworld.domain import MiniWorld
+    from conceptguard.models import ClipEmbedder
+
+    c = get_concept("burning")
+    embedder = ClipEmbedder(*clip_and_processor)
+    return AttackTarget(GuardedPipeline(pipe, [EspressoFilter(embedder, [c])]), c, MiniWorld(), "espresso", embedder)
+
+
+def _filter_hinge(target, prompts):
+    from conceptguard.attacks.unlearndiff import ImageFilterTerm
+
+    with torch.no_grad():
+        return ImageFilterTerm(target).on_text(target.embedder.texts(prompts)).numpy()
+
+
+@pytest.mark.parametrize("name", ["pez", "ringabell"])
+def test_filter_aware_forms_move_prompts_to_the_filters_acceptable_side(espresso_target, name):
+    """PEZ+ and Ring-A-Bell+ (the Espresso paper's filter-aware attacks): with the same seed and
+    budget, their prompts' CLIP text embeddings sit further on the filter's acceptable side, and the
+    results are kept per target (they depend on its filter)."""
+    from conceptguard.attacks import get_attack
+
+    settings = ({"iterations": 60, "images": 2} if name == "pez" else
+                {"generations": 8, "population": 16, "elite": 2, "clip_weight": 1.0})
+    plain, plus = get_attack(name, "cpu", settings), get_attack(name + "+", "cpu", settings)
+    assert plus.label == name + "+" and plus.cache_name(espresso_target) == f"{name}+-burning-espresso"
+    a, b = plain.run(espresso_target, 4, seed=0), plus.run(espresso_target, 4, seed=0)
+    assert b.attack == name + "+" and a.prompts != b.prompts
+    assert _filter_hinge(espresso_target, b.prompts).mean() < _filter_hinge(espresso_target, a.prompts).mean()

@@ -5,14 +5,15 @@ stack and stores them as an `adversarial-<attack>` prompt set (docs/attacks.md).
 |---|---|---|
 | synonym | synonym.py | black box: synonyms and indirect descriptions |
 | typo+ | typo.py | filter-aware: c_a written onto concept images, prompt recovered with PEZ |
-| pez | pez.py | white box on CLIP: hard prompt matching concept images |
-| ringabell | ringabell.py | text encoder only: concept vector + genetic token search |
+| pez, pez+ | pez.py | white box on CLIP: hard prompt matching concept images |
+| ringabell, ringabell+ | ringabell.py | text encoder only: concept vector + genetic token search |
 | unlearndiff, unlearndiff+ | unlearndiff.py | white box on the defended model: prefix tokens |
 | cce, cce+ | cce.py | white box: a learned token (textual inversion) |
 | sneaky | sneaky.py | black box, query-limited token substitution search |
 
 A "+" variant is adaptive: it also optimises through the target's embedding defenses and
-pushes the image's CLIP embedding toward c_a, against image filters such as Espresso. Each
+pushes the image's CLIP embedding (for PEZ+ and Ring-A-Bell+, the prompt's CLIP text embedding)
+toward c_a, against image filters such as Espresso. Each
 class registers its names with `@ATTACKS.register(name, **kwargs)`; importing this package
 imports every attack module.
 """

@@ -150,7 +150,7 @@ class Attack(Generic[B]):
         seen = target.defenses(PromptFilter)  # filter-aware searches avoid blocked tokens
         if self.target_dependent and self.whitebox and name == self.name:
             seen = seen + target.defenses(ModelEdit)  # a plain white-box attack reads the weights only
-        elif self.target_dependent:
+        elif self.target_dependent or name != self.name:  # an adaptive form depends on what it adapts to
             return f"{name}-{target.concept.name}-{target.stack}"
         scope = "+".join(d.name for d in seen) or "any"
         return f"{name}-{target.concept.name}-{scope}"

@@ -16,7 +16,7 @@ tokens the target's prompt filters block -- so the prompts get past a keyword bl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conceptguard.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks.unlearndiff import ImageFilterTerm
 from conceptguard.learned_tokens import override_token_embeddings
 
 
@@ -40,6 +41,7 @@ class PezBudget(Budget):
     # Search only tokens that end a word, so the decoded text tokenizes back to the tokens found
     # (the paper searches the whole vocabulary; sub-word pieces then merge into other words).
     whole_words: bool = False
+    clip_weight: float = 0.01  # pez+: weight of the image-filter hinge on the prompt's CLIP text embedding
 
     @classmethod
     def cpu(cls) -> PezBudget:
@@ -94,11 +96,12 @@ def filtered_prompt(target: AttackTarget, text: str) -> str:
 
 
 def pez_search(target: AttackTarget, images: list[Image.Image], n: int, budget: PezBudget, seed: int = 0,
-               what: str = "pez") -> PezOutput:
+               what: str = "pez", penalty: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PezOutput:
     """n hard prompts by PEZ, one optimisation of n prompts in a batch.
 
     Prompt i is fitted to images[i * k:(i + 1) * k] with k = len(images) // n (so the restarts
-    differ in their random start and in their target images).
+    differ in their random start and in their target images). `penalty` (PEZ+): a loss [n] on the
+    prompts' CLIP text embeddings, subtracted from the similarity `clip_weight` times.
     """
     if n < 1:
         return PezOutput([], torch.zeros(0, budget.prompt_len, dtype=torch.long),
@@ -136,10 +139,12 @@ def pez_search(target: AttackTarget, images: list[Image.Image], n: int, budget: 
             return vocab[(F.normalize(x, dim=-1) @ cand_unit.T).argmax(-1)]
 
         def score(ids: torch.Tensor, embeds: torch.Tensor | None = None) -> torch.Tensor:
+            """Mean cosine with the prompt's own images [n], less the weighted penalty (PEZ+)."""
             full_ids = torch.cat([bos, ids, eos], 1)
             full = None if embeds is None else torch.cat([bos_e, embeds, eos_e], 1)
             text = text_features(clip, full_ids, full)  # [n, p]
-            return torch.einsum("np,nkp->nk", text, img.to(text.device)).mean(-1)  # [n] mean cosine with own images
+            sim = torch.einsum("np,nkp->nk", text, img.to(text.device)).mean(-1)
+            return sim if penalty is None else sim - budget.clip_weight * penalty(text)
 
         with torch.no_grad():
             initial_sim = score(init)
@@ -167,13 +172,19 @@ def pez_prompts(target: AttackTarget, images: list[Image.Image], n: int, budget:
     return pez_search(target, images, n, budget, seed).prompts
 
 
-@ATTACKS.register("pez")
+@ATTACKS.register("pez", adaptive=False)
+@ATTACKS.register("pez+", adaptive=True)
 class PezAttack(Attack[PezBudget]):
     """PEZ against the concept: hard prompts whose CLIP text embedding matches images of it.
 
     Paper: one prompt per target image, 16 tokens, 3000 steps over the full vocabulary. Here:
     n restarts batched into one optimisation, each fitted to its own `images` renders of the
     concept, over the target's unblocked vocabulary.
+
+    `pez+` (the Espresso paper's filter-aware PEZ, our definition: its released code has no
+    working filter term) also pushes the prompt's CLIP text embedding -- PEZ's stand-in for the
+    image it will make -- to the acceptable side of the target's image filters: the objective is
+    the similarity less `clip_weight` times the filter hinge of ImageFilterTerm.
     """
 
     name = "pez"
@@ -183,6 +194,7 @@ class PezAttack(Attack[PezBudget]):
     def attack(self, target: AttackTarget, n: int, seed: int) -> AttackResult:
         budget = self.budget
         images = target.concept_images(n * budget.images, seed=seed)
-        out = pez_search(target, images, n, budget, seed, what=self.name)
+        term = ImageFilterTerm(target) if self.adaptive else None
+        out = pez_search(target, images, n, budget, seed, what=self.label, penalty=term.on_text if term else None)
         return self.result(target, out.prompts, iterations=out.iterations, queries=0,
                            settings={"clip_similarity": [round(float(s), 4) for s in out.similarity]})

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from conceptguard.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget, Budget
+from conceptguard.attacks.unlearndiff import ImageFilterTerm
 
 
 class RingABellBudget(Budget):
@@ -43,6 +44,7 @@ class RingABellBudget(Budget):
     append: bool = False  # output "<stripped base prompt> <found tokens>" instead of the tokens alone
     positions: int = 77  # encoder output positions compared (77: all the UNet sees)
     patience: int = 0  # stop after this many generations without improvement (0: never)
+    clip_weight: float = 0.1  # ringabell+: a flagged candidate's distance grows by this times the filter hinge
 
     @classmethod
     def cpu(cls) -> RingABellBudget:
@@ -52,8 +54,14 @@ class RingABellBudget(Budget):
                    patience=6)
 
 
-@ATTACKS.register("ringabell")
+@ATTACKS.register("ringabell", adaptive=False)
+@ATTACKS.register("ringabell+", adaptive=True)
 class RingABell(Attack[RingABellBudget]):
+    """`ringabell+` (the Espresso paper's filter-aware Ring-A-Bell, our definition: the released
+    code's adaptive fitness adds terms that do not depend on the candidate) scales each candidate's
+    squared distance by 1 + `clip_weight` x the image-filter hinge (ImageFilterTerm) on the
+    candidate's CLIP text embedding, so prompts the target's image filters would flag lose."""
+
     name = "ringabell"
     threat_model = "text encoder only: concept vector + genetic token search (filter-aware vocabulary)"
     target_dependent = False
@@ -99,6 +107,7 @@ class RingABell(Attack[RingABellBudget]):
         tok = target.tokenizer
         vocab = target.vocabulary.numpy()
         stripped, goal = self.goals(target, n, seed)
+        term = ImageFilterTerm(target) if self.adaptive else None
 
         L, pop, V = max(1, budget.length), max(2, budget.population), len(vocab)
         elite = min(max(1, budget.elite), pop)
@@ -114,7 +123,12 @@ class RingABell(Attack[RingABellBudget]):
             m = genes.shape[1]
             cand = [texts(genes[i], i) for i in range(n)]
             flat = [t for row in cand for t in row]
-            score = self.similarity(target, flat, goal.repeat_interleave(m, 0)).reshape(n, m)
+            score = self.similarity(target, flat, goal.repeat_interleave(m, 0))
+            if term:
+                with torch.no_grad():
+                    hinge = term.on_text(target.embedder.texts(flat)).cpu().numpy()
+                score = score * (1 + budget.clip_weight * hinge)
+            score = score.reshape(n, m)
             ok = np.array(target.allowed(flat), dtype=bool).reshape(n, m)
             score[~ok] = -np.inf
             return score, cand

@@ -131,11 +131,22 @@ class ImageFilterTerm:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image loss [B] for decoded images in [-1, 1]."""
         total = torch.zeros(())
-        for embedder, t_u, t_a, scale, mode, tau in self.parts:
-            p_u = self._p_u(clip_image_embeds(embedder, images), t_u, t_a, scale, mode).clamp(1e-6, 1 - 1e-6)
-            logit = torch.log(p_u) - torch.log1p(-p_u)
-            total = total + F.relu(logit - math.log(tau / (1 - tau)) + self.margin)
+        for embedder, *part in self.parts:
+            total = total + self._hinge(clip_image_embeds(embedder, images), *part)
         return total
+
+    def on_text(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        """The same loss [B] with the attacker's CLIP text embedding of a prompt standing in for its
+        image's embedding (text-only attacks: PEZ+, Ring-A-Bell+)."""
+        total = torch.zeros(())
+        for _, *part in self.parts:
+            total = total + self._hinge(text_embeds, *part)
+        return total
+
+    def _hinge(self, x: torch.Tensor, t_u, t_a, scale, mode, tau) -> torch.Tensor:
+        p_u = self._p_u(x, t_u.to(x.device), t_a.to(x.device), scale, mode).clamp(1e-6, 1 - 1e-6)
+        logit = torch.log(p_u) - torch.log1p(-p_u)
+        return F.relu(logit - math.log(tau / (1 - tau)) + self.margin)
 
 
 class DenoisingObjective:
