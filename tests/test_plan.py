@@ -48,9 +48,10 @@ def test_plan_counts_per_concept_files_and_measures_the_mini_world(tmp_path):
         "prompts_per_set": 4, "images_per_prompt": 2, "steps": 2, "attacks": ["synonym"], "attack_prompts": 6,
         "prompt_files": {"mine": str(tmp_path / "{concept}.txt")}}))
     found = plan(load_config(path), tmp_path / "absent")
-    # per stack: 4 acceptable + 6 adversarial + the concept's own file; 3 stacks; 2 images a prompt
-    assert found["images"] == ((4 + 6 + 3) + (4 + 6 + 5)) * 3 * 2 and found["images_complete"]
-    assert found["prompt_sets"] == ["acceptable", "mine", "adversarial-synonym"] and found["cells"] == 3 * 2 * 3
+    # per stack: 4 acceptable + 6 attack seeds + 6 adversarial + the concept's own file; 3 stacks; 2 images a prompt
+    assert found["images"] == ((4 + 12 + 3) + (4 + 12 + 5)) * 3 * 2 and found["images_complete"]
+    assert found["prompt_sets"] == ["acceptable", "mine", "attack-seeds", "adversarial-synonym"]
+    assert found["cells"] == 3 * 2 * 4
     assert found["trained_on_first_use"] == ["uce"]
     assert found["seconds_per_image"] > 0 and found["estimate_source"].startswith("measured now")
     assert found["estimated_minutes"] == pytest.approx(found["images"] * found["seconds_per_image"] / 60, abs=0.1)
