@@ -29,7 +29,8 @@ def test_every_defense_attack_and_judge_is_registered():
     assert {"blocklist", "negative-prompt", "sld-weak", "sld-max", "safety-checker", "esd-x", "esd-u", "uce",
             "espresso", "espresso-ft", "sanitizer", "sanitizer-a0.5", "steerdiff", "steerdiff-spans",
             "steerdiff-e1", "allbutone"} <= set(DEFENSES.names())
-    assert set(ATTACKS.names()) == {"synonym", "typo+", "pez", "ringabell", "unlearndiff", "unlearndiff+", "cce",
+    assert set(ATTACKS.names()) == {"synonym", "typo+", "pez", "pez+", "ringabell", "ringabell+", "unlearndiff",
+                                    "unlearndiff+", "cce",
                                     "cce+", "sneaky"}
     assert set(JUDGES.names()) == {"oracle", "clip", "nudenet", "q16"}
 
