@@ -45,3 +45,12 @@ def test_cpu_budgets_are_smaller_than_the_papers():
             "sneaky": "queries"}
     for name, key in axis.items():
         assert getattr(get_attack(name, "cpu").budget, key) < getattr(get_attack(name, "paper").budget, key)
+
+
+def test_the_real_architecture_smoke_settings_cover_every_attack_that_searches():
+    """The SD-shaped smoke run (tests, benchmarks/gpu_smoke.py) shrinks every search; an attack
+    left out would run its full `cpu` budget on SD-sized models."""
+    from conceptguard.attacks import ATTACKS
+    from conceptguard.sd_shapes import SMOKE_ATTACK_SETTINGS
+
+    assert set(ATTACKS.names()) - {"synonym"} <= set(SMOKE_ATTACK_SETTINGS)
