@@ -15,8 +15,9 @@ PAPER = {
     # population 200, 3000 generations, mutation 0.25, crossover 0.5, all 77 positions compared
     "ringabell": dict(length=16, eta=3.0, population=200, generations=3000, mutation=0.25, crossover=0.5,
                       positions=77, append=False),
-    # UnlearnDiffAtk (Zhang et al., ECCV 2024): 5 prefix tokens (3 for styles), 40 steps
-    "unlearndiff": dict(tokens=5, iterations=40),
+    # UnlearnDiffAtk (Zhang et al., ECCV 2024), text_grad.py / classifier.py: 5 prefix tokens (3 for
+    # styles), at each of 50 evenly spaced timesteps 40 Adam steps, lr 1e-2, weight decay 0.1
+    "unlearndiff": dict(tokens=5, procedure="simplex", iterations=40, timesteps=50, lr=1e-2, weight_decay=0.1),
     # CCE (Pham et al., ICLR 2024): 5000 steps at lr 5e-3, batch 4 x 4 accumulated, 25 images
     "cce": dict(steps=5000, lr=5e-3, batch=16, images=25),
     # SneakyPrompt (Yang et al., S&P 2024): at most 60 queries per prompt

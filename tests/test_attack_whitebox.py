@@ -28,7 +28,8 @@ from conceptguard.miniworld.domain import MiniWorld
 from conceptguard.models import ClipEmbedder
 
 N = 3
-UD = UnlearnDiffBudget(tokens=2, iterations=3, candidates=4, draws=1, t_min=100, t_max=900, init_pool=6)
+UD = UnlearnDiffBudget(tokens=2, procedure="swap", iterations=3, candidates=4, draws=1, t_min=100, t_max=900,
+                       init_pool=6)
 CCE = CCEBudget(steps=4, lr=0.02, batch=2, images=3, t_min=100, t_max=900)
 
 
@@ -177,3 +178,50 @@ def test_image_filter_term_is_espressos_p_u_and_has_a_gradient(pipe, concept, em
     plain = UnlearnDiffAtk(UD).run(target, N, seed=0)
     adaptive = UnlearnDiffAtk(UD, adaptive=True).run(target, N, seed=0)  # decodes x0 and scores it
     assert adaptive.settings["loss_start"] > plain.settings["loss_start"]
+
+
+# ------------------------------------------------------------------ UnlearnDiffAtk's own procedure
+
+def test_projection_onto_the_simplex_is_the_closest_distribution():
+    from conceptguard.attacks.unlearndiff import project_to_simplex
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=g) * 2
+    p = project_to_simplex(x)
+    assert torch.allclose(p.sum(-1), torch.ones(6), atol=1e-6) and (p >= 0).all()
+    for row, proj in zip(x, p):  # no other distribution on a fine grid is closer
+        trials = torch.rand(4000, 5, generator=g)
+        trials = trials / trials.sum(-1, keepdim=True)
+        assert (row - proj).norm() <= (row - trials).norm(dim=-1).min() + 1e-6
+    assert torch.equal(project_to_simplex(torch.tensor([[0.2, 0.3, 0.5]])), torch.tensor([[0.2, 0.3, 0.5]]))
+
+
+def _judged(blocked, verdict):
+    return AttackTarget(blocked.guard, blocked.concept, blocked.domain, blocked.stack, blocked.embedder,
+                        judge=lambda images: [verdict(i) for i in range(len(images))], sampling=(4, 7.5))
+
+
+SIMPLEX = UnlearnDiffBudget(tokens=2, procedure="simplex", iterations=2, timesteps=3)
+
+
+def test_unlearndiff_papers_procedure_stops_once_the_judge_sees_the_concept(blocked):
+    never = UnlearnDiffAtk(SIMPLEX).run(_judged(blocked, lambda i: False), N, seed=0)
+    assert never.settings["timesteps_run"] == 3 and never.iterations == 3 * 2 and not any(never.settings["succeeded"])
+    assert never.queries == N + 3 * N  # the originals, then each timestep's prompts
+    assert all(blocked.allowed(never.prompts)) and all(len(p.split()) >= 2 for p in never.prompts)
+    assert np.isfinite(never.settings["losses"]).all()
+    again = UnlearnDiffAtk(SIMPLEX).run(_judged(blocked, lambda i: False), N, seed=0)
+    assert again.prompts == never.prompts  # deterministic per seed
+    # a judge that says yes after the first timestep: one timestep, every prompt a success
+    calls = iter([False] * N + [True] * N)
+    first = UnlearnDiffAtk(SIMPLEX).run(_judged(blocked, lambda i: next(calls)), N, seed=0)
+    assert first.settings["timesteps_run"] == 1 and all(first.settings["succeeded"])
+
+
+def test_unlearndiff_leaves_a_prompt_that_already_succeeds_unattacked(pipe, concept, embedder):
+    """The paper tries the original prompt first and counts its success without attacking it."""
+    target = AttackTarget(GuardedPipeline(pipe, []), concept, MiniWorld(), "none", embedder,
+                          judge=lambda images: [True] * len(images), sampling=(4, 7.5))
+    result = UnlearnDiffAtk(SIMPLEX).run(target, N, seed=0)
+    assert result.prompts == target.seed_prompts(N, 0) and result.settings["timesteps_run"] == 0
+    assert result.queries == N

@@ -108,15 +108,16 @@ def target64(pipe64, concept, embedder):
 
 
 @pytest.mark.parametrize("attack", [
-    UnlearnDiffAtk(UnlearnDiffBudget(tokens=2, iterations=2, candidates=4, draws=1, t_min=100, t_max=900,
-                                     init_pool=6)),
-    UnlearnDiffAtk(UnlearnDiffBudget(tokens=2, iterations=1, candidates=4, draws=1, t_min=100, t_max=900,
-                                     init_pool=0), adaptive=True),
+    UnlearnDiffAtk(UnlearnDiffBudget(tokens=2, procedure="swap", iterations=2, candidates=4, draws=1, t_min=100,
+                                     t_max=900, init_pool=6)),
+    UnlearnDiffAtk(UnlearnDiffBudget(tokens=2, procedure="swap", iterations=1, candidates=4, draws=1, t_min=100,
+                                     t_max=900, init_pool=0), adaptive=True),
+    UnlearnDiffAtk(UnlearnDiffBudget(tokens=2, procedure="simplex", iterations=1, timesteps=2), adaptive=True),
     CCEAttack(CCEBudget(steps=2, lr=0.02, batch=2, images=2, t_min=100, t_max=900)),
     PezAttack(PezBudget(prompt_len=4, iterations=2, images=1)),
     RingABell(RingABellBudget(length=4, population=6, generations=2, elite=2, pairs=4)),
     SneakyPrompt(SneakyBudget(queries=3, beam=2, steps=STEPS, candidates=64, pool=4)),
-], ids=["unlearndiff", "unlearndiff+", "cce", "pez", "ringabell", "sneaky"])
+], ids=["unlearndiff", "unlearndiff+", "unlearndiff-simplex", "cce", "pez", "ringabell", "sneaky"])
 def test_attacks_run_against_a_float64_model(target64, attack):
     result = attack.run(target64, 2, seed=0)
     assert len(result.prompts) == 2 and all(isinstance(p, str) and p for p in result.prompts)
@@ -127,7 +128,8 @@ def test_learned_token_embeddings_meet_a_half_precision_encoder(concept, embedde
     pipe16 = load_pipeline(dtype=torch.bfloat16)
     target = AttackTarget(GuardedPipeline(pipe16, [KeywordBlocklist.for_concepts([concept])]), concept, MiniWorld(),
                           "blocklist", embedder)
-    for attack in (UnlearnDiffAtk(UnlearnDiffBudget(tokens=2, iterations=1, candidates=4, draws=1, t_min=100,
-                                                    t_max=900, init_pool=0)),
+    for attack in (UnlearnDiffAtk(UnlearnDiffBudget(tokens=2, procedure="swap", iterations=1, candidates=4, draws=1,
+                                                    t_min=100, t_max=900, init_pool=0)),
+                   UnlearnDiffAtk(UnlearnDiffBudget(tokens=2, procedure="simplex", iterations=1, timesteps=1)),
                    CCEAttack(CCEBudget(steps=1, lr=0.02, batch=2, images=2, t_min=100, t_max=900))):
         assert len(attack.run(target, 2, seed=0).prompts) == 2

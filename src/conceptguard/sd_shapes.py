@@ -65,11 +65,12 @@ _TOKEN_SEARCH = {"iterations": 2, "images": 2}
 # init_pool 0: ranking the whole 49,408-token vocabulary through a 768-wide text tower takes
 # minutes on a CPU (the mini-world tests cover that step)
 _UNLEARNDIFF = {"iterations": 2, "candidates": 2, "draws": 1, "init_pool": 0}
+_UNLEARNDIFF_PAPER = {"procedure": "simplex", "iterations": 1, "timesteps": 2}  # the paper's procedure, in brief
 _CCE = {"steps": 2, "images": 2, "batch": 1}
 _GENETIC = {"population": 4, "generations": 1, "pairs": 4, "elite": 1, "tournament": 2}
 SMOKE_ATTACK_SETTINGS: dict[str, dict] = {
     "pez": _TOKEN_SEARCH, "pez+": _TOKEN_SEARCH, "typo+": _TOKEN_SEARCH, "cce": _CCE, "cce+": _CCE,
-    "unlearndiff": _UNLEARNDIFF, "unlearndiff+": _UNLEARNDIFF,
+    "unlearndiff": _UNLEARNDIFF, "unlearndiff+": _UNLEARNDIFF_PAPER,
     "ringabell": _GENETIC, "ringabell+": _GENETIC,
     "sneaky": {"queries": 2, "candidates": 64, "pool": 4, "steps": 2},
 }

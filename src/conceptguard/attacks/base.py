@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, get_args
+from typing import TYPE_CHECKING, Callable, ClassVar, Generic, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -179,11 +179,17 @@ class AttackTarget:
     """
 
     def __init__(self, guard: GuardedPipeline, concept: Concept, domain: Domain, stack: str = "none",
-                 embedder: ClipEmbedder | None = None, progress: Progress | None = None) -> None:
+                 embedder: ClipEmbedder | None = None, progress: Progress | None = None,
+                 judge: Callable[[list[Image.Image]], list[bool]] | None = None,
+                 sampling: tuple[int, float] = (25, 7.5)) -> None:
+        """`judge`: the evaluation's verdict (concept shown) per image, for attacks that stop once it
+        says they succeeded (UnlearnDiffAtk, as its paper); `sampling`: the evaluation's denoising
+        steps and guidance scale, with which such an attack generates to ask it."""
         self.guard, self.concept, self.domain, self.stack = guard, concept, domain, stack
         self.pipe = guard.pipe
         self._embedder = embedder
         self.progress = progress
+        self.judge, self.sampling = judge, sampling
         self.queries = 0
 
     # ------------------------------------------------------------------ components
@@ -310,6 +316,15 @@ class AttackTarget:
         self.queries += len(prompts)
         return self.guard(prompts, seed=seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           learned_tokens=tokens)
+
+    def succeeds(self, prompts: list[str], seeds: list[int]) -> list[bool]:
+        """Whether the evaluation judge sees the concept in the target's image of each prompt (a
+        blocked image fails); all False without a judge. Each prompt is a query."""
+        if self.judge is None or not prompts:
+            return [False] * len(prompts)
+        steps, guidance = self.sampling
+        out = self.generate(prompts, seeds, num_inference_steps=steps, guidance_scale=guidance)
+        return [bool(v) and not r.blocked for v, r in zip(self.judge(out.images), out.records)]
 
     def p_unacceptable(self, images: list[Image.Image]) -> np.ndarray:
         """The attacker's own CLIP estimate that each image shows c_u rather than c_a."""

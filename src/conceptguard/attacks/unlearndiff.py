@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,32 @@ def cpu_threads(target: AttackTarget) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def project_to_simplex(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row (last axis) onto the probability simplex: what the paper's
+    bisection computes (its upper bound of 1 is never active once the row sums to 1)."""
+    u = x.sort(-1, descending=True).values
+    css = u.cumsum(-1) - 1
+    idx = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=x.dtype)
+    rho = ((u - css / idx) > 0).sum(-1, keepdim=True).clamp(min=1)
+    theta = css.gather(-1, rho - 1) / rho.to(x.dtype)
+    return (x - theta).clamp(min=0)
+
+
+class SampleOneHot(torch.autograd.Function):
+    """A one-hot token sampled from each row's distribution; the backward pass hands the gradient
+    through clipped to [-1, 1] (the paper's straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        flat = probs.detach().reshape(-1, probs.shape[-1]).clamp(min=0)
+        picked = torch.multinomial(flat + 1e-12, 1, generator=gen).squeeze(-1)
+        return F.one_hot(picked, probs.shape[-1]).to(probs.dtype).reshape(probs.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return F.hardtanh(grad), None
 
 
 def attack_vocabulary(target: AttackTarget) -> tuple[torch.Tensor, list[str]]:
@@ -219,21 +246,31 @@ def initial_prefixes(target: AttackTarget, words: list[str], images, n: int, k: 
 # ------------------------------------------------------------------------------------ the attack
 
 class UnlearnDiffBudget(Budget):
-    """Paper: 5 prefix tokens, 40 iterations (SD v1.4). Defaults otherwise: one fixed noise draw per
-    prompt, swaps drawn from the 16 best-ranked, random start tokens."""
+    """The paper's procedure by default (`simplex`, its code's `TextGrad`): 5 prefix tokens (3 for
+    styles), a distribution over the vocabulary per token, and at each of 50 evenly spaced timesteps
+    40 Adam steps (lr 1e-2, weight decay 0.1) on the denoising loss of a token sample (straight-
+    through), each followed by a projection onto the simplex; after each timestep the most likely
+    tokens are tried on the target, and a prompt stops once the evaluation judge sees the concept
+    (a prompt whose original already succeeds is not attacked). `cpu()` is the mini world's
+    `swap` search: gradient-ranked token swaps on fixed noise draws, kept when the loss falls."""
 
     tokens: int = 5  # adversarial prefix length
-    iterations: int = 40  # one proposed token swap per prompt each
-    candidates: int = 16  # a swap is drawn from the best-ranked this many (position, token) pairs
-    draws: int = 1  # fixed (t, eps) draws per prompt
-    t_min: int = 0
-    t_max: int = 1000
+    procedure: Literal["simplex", "swap"] = "simplex"
+    iterations: int = 40  # simplex: Adam steps per timestep; swap: proposed token swaps per prompt
+    timesteps: int = 50  # simplex: the evenly spaced timesteps optimised in turn
+    lr: float = 1e-2  # simplex
+    weight_decay: float = 0.1  # simplex (Adam's coupled L2, as the paper's code)
+    candidates: int = 16  # swap: a swap is drawn from the best-ranked this many (position, token) pairs
+    draws: int = 1  # swap: fixed (t, eps) draws per prompt
+    t_min: int = 0  # swap
+    t_max: int = 1000  # swap
     clip_weight: float = 0.01  # adaptive form: weight of the image-filter hinge (per image)
-    init_pool: int = 0  # start from tokens drawn from this many CLIP-nearest to the images; 0: any token
+    init_pool: int = 0  # swap: start from tokens drawn from this many CLIP-nearest to the images; 0: any token
 
     @classmethod
     def cpu(cls) -> UnlearnDiffBudget:
-        return cls(tokens=5, iterations=20, candidates=8, draws=2, t_min=100, t_max=900, init_pool=10)
+        return cls(tokens=5, procedure="swap", iterations=20, candidates=8, draws=2, t_min=100, t_max=900,
+                   init_pool=10)
 
 
 class WhiteBoxAttack(Attack[B]):
@@ -270,6 +307,8 @@ class UnlearnDiffAtk(WhiteBoxAttack[UnlearnDiffBudget]):
     threat_model = "white box on the defended model: prefix tokens optimised on its denoising loss"
 
     def _attack(self, target: AttackTarget, n: int, seed: int, gen: torch.Generator) -> AttackResult:
+        if self.budget.procedure == "simplex":
+            return self._attack_simplex(target, n, seed, gen)
         b = self.budget
         vocab, words = attack_vocabulary(target)
         table = target.text_encoder.get_input_embeddings()
@@ -318,6 +357,72 @@ class UnlearnDiffAtk(WhiteBoxAttack[UnlearnDiffBudget]):
         settings = {"loss_start": history[0], "loss_final": history[-1], "losses": history,
                     "adaptive": self.adaptive, "vocabulary": V}
         return self.result(target, prompts, iterations=b.iterations, settings=settings)
+
+    def _attack_simplex(self, target: AttackTarget, n: int, seed: int, gen: torch.Generator) -> AttackResult:
+        """The paper's procedure (see UnlearnDiffBudget), all n prompts optimised together."""
+        b = self.budget
+        vocab, words = attack_vocabulary(target)
+        table = target.text_encoder.get_input_embeddings()
+        with torch.no_grad():
+            E = table(vocab.to(next(table.parameters()).device)).float()  # [V, d]
+        k, V = b.tokens, len(vocab)
+        originals = target.seed_prompts(n, seed)
+        base = [target.strip_blocked(p) for p in originals]
+        latents = target.image_latents(target.paired_concept_images(n, seed))
+        objective = DenoisingObjective(target, latents, (0, 1000), b.clip_weight, self.adaptive)
+        eval_seeds = [seed * 1_000_003 + i for i in range(n)]
+
+        start_queries = target.queries
+        # the paper first tries the original prompt: one that already succeeds is not attacked
+        done = torch.tensor(target.succeeds(originals, eval_seeds), dtype=torch.bool)
+        found = [p if ok else None for p, ok in zip(originals, done.tolist())]
+        ids = target.tokenize([" ".join(words[:1] * k) + (" " + p if p else "") for p in base])
+        base_embeds = target.token_embeddings(ids).detach().float()
+        w = torch.full((n, k, V), 1.0 / V, requires_grad=True)
+        opt = torch.optim.Adam([w], lr=b.lr, weight_decay=b.weight_decay)
+        T = len(objective.alphas)
+        step = max(1, T // max(1, b.timesteps))
+        timesteps = list(range(step // 2, T, step))[:b.timesteps]
+        losses: list[float] = []
+        tokens = w.detach().argmax(-1)
+        for done_t, t in enumerate(timesteps, 1):
+            if bool(done.all()):
+                break
+            active = (~done).float()
+            total = 0.0
+            for _ in range(b.iterations):
+                onehot = SampleOneHot.apply(w, gen)  # [n, k, V]
+                embeds = torch.cat([base_embeds[:, :1], (onehot.to(E.device) @ E), base_embeds[:, k + 1:]], 1)
+                x0 = objective.latents
+                eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+                a = objective.alphas[t].to(x0.device)
+                x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+                loss = objective.loss(ids, embeds, x_t, torch.full((n,), t), eps)
+                w.grad, = torch.autograd.grad((loss.cpu() * active).sum(), w)  # the model's weights get none
+                opt.step()
+                with torch.no_grad():
+                    w.copy_(project_to_simplex(w))
+                total += float((loss.detach().cpu() * active).sum() / active.sum())
+            losses.append(total / max(1, b.iterations))
+            tokens = w.detach().argmax(-1)
+            prompts = self._prefixed(target, words, tokens, base)
+            todo = [i for i in range(n) if not done[i]]
+            for i, ok in zip(todo, target.succeeds([prompts[i] for i in todo], [eval_seeds[i] for i in todo])):
+                if ok:
+                    done[i], found[i] = True, prompts[i]
+            target.report(self.label, done_t, len(timesteps))
+        final = self._prefixed(target, words, tokens, base)
+        prompts = [f if f is not None else p for f, p in zip(found, final)]
+        settings = {"procedure": "simplex", "losses": losses, "timesteps_run": len(losses),
+                    "succeeded": [bool(d) for d in done], "judge_in_loop": target.judge is not None,
+                    "adaptive": self.adaptive, "vocabulary": V}
+        return self.result(target, prompts, iterations=len(losses) * b.iterations,
+                           queries=target.queries - start_queries, settings=settings)
+
+    @staticmethod
+    def _prefixed(target: AttackTarget, words: list[str], tokens: torch.Tensor, base: list[str]) -> list[str]:
+        return [target.strip_blocked(f"{' '.join(words[j] for j in row)} {p}".strip())
+                for row, p in zip(tokens.tolist(), base)]
 
     @staticmethod
     def _evaluate(target, objective, ids, tokens, vocab, E, owner, draw, need_grad):

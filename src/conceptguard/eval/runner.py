@@ -149,8 +149,17 @@ class Runner:
         return self._guard
 
     def attack_target(self, stack: str, concept: str) -> AttackTarget:
-        return AttackTarget(self.guard(stack, concept), self.concept(concept), self.domain, stack,
-                            self.context().embedder, self.progress)
+        """The stack as an attacker sees it, with the run's main judge for attacks that stop once it
+        says they succeeded (the oracle in the mini world, else the first judge)."""
+        c = self.concept(concept)
+        main = self.judges.get("oracle") or next(iter(self.judges.values()), None)
+
+        def judge(images: list[Image.Image]) -> list[bool]:
+            return [bool(v["present"]) for v in main.judge(images, c)] if main else [False] * len(images)
+
+        return AttackTarget(self.guard(stack, concept), c, self.domain, stack, self.context().embedder, self.progress,
+                            judge=judge if main else None,
+                            sampling=(self.config.num_inference_steps, self.config.guidance_scale))
 
     # ------------------------------------------------------------------ generation
     def run(self) -> int:
