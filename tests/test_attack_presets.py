@@ -20,8 +20,9 @@ PAPER = {
     "unlearndiff": dict(tokens=5, procedure="simplex", iterations=40, timesteps=50, lr=1e-2, weight_decay=0.1),
     # CCE (Pham et al., ICLR 2024): 5000 steps at lr 5e-3, batch 4 x 4 accumulated, 25 images
     "cce": dict(steps=5000, lr=5e-3, batch=16, images=25),
-    # SneakyPrompt (Yang et al., S&P 2024): at most 60 queries per prompt
-    "sneaky": dict(queries=60),
+    # SneakyPrompt (Yang et al., S&P 2024): at most 60 queries per prompt, reward the CLIP similarity
+    # to the original prompt (a bypass), stop at 0.26
+    "sneaky": dict(queries=60, reward="similarity", threshold=0.26),
 }
 
 

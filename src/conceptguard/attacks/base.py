@@ -326,6 +326,11 @@ class AttackTarget:
         out = self.generate(prompts, seeds, num_inference_steps=steps, guidance_scale=guidance)
         return [bool(v) and not r.blocked for v, r in zip(self.judge(out.images), out.records)]
 
+    def prompt_similarity(self, images: list[Image.Image], prompts: list[str]) -> np.ndarray:
+        """The attacker's CLIP cosine between each image and its prompt (SneakyPrompt's reward)."""
+        e = self.embedder
+        return (e.images(images) * e.texts(prompts)).sum(-1).cpu().numpy()
+
     def p_unacceptable(self, images: list[Image.Image]) -> np.ndarray:
         """The attacker's own CLIP estimate that each image shows c_u rather than c_a."""
         e = self.embedder
