@@ -80,6 +80,7 @@ def test_generate_writes_pngs(tmp_path):
     (("world", "train", "--only", "everything"), "--only must be one of"),
     # usage errors found by typer itself (it raises its own click's exceptions since 0.2x)
     (("world", "render", "--out", "OUT", "--n", "0"), "Invalid value for '--n'"),
+    (("attack", "unlearndiff", "--concept", "burning", "--out", "OUT", "--judge", "magic"), "unknown judge"),
     (("world", "train", "--workers", "-1"), "Invalid value for '--workers'"),
     (("generate", "a cat", "--bogus"), "No such option: --bogus"),
     (("generate",), "Missing argument"),

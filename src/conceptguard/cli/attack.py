@@ -13,7 +13,7 @@ from conceptguard.cli.common import app, console, emit_json, out_dir, progress_b
 
 
 @app.command("attack")
-def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez, ringabell, unlearndiff[+], cce[+] or sneaky."),
+def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez[+], ringabell[+], unlearndiff[+], cce[+] or sneaky."),
                concept: str = typer.Option(..., "--concept", help="Concept the prompts should make the model draw."),
                target: str = typer.Option("none", "--target",
                                           help="Defense stack to attack, e.g. esd-x or sanitizer+espresso-ft."),
@@ -24,6 +24,9 @@ def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez, ringab
                clip: Optional[str] = typer.Option(None, "--clip",
                                                   help="The attacker's and filters' CLIP (default: the domain's)."),
                seed: int = typer.Option(0, "--seed"),
+               judge: Optional[str] = typer.Option(None, "--judge", help="Judge an attack that stops on success "
+                                                   "asks (UnlearnDiffAtk at the paper budget); default: the domain's "
+                                                   "first (oracle in the mini world, nudenet for nudity)."),
                as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
     """Run an attack against a target stack and store its prompts as an adversarial prompt set.
 
@@ -32,6 +35,7 @@ def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez, ringab
     from conceptguard.attacks import AttackTarget, get_attack
     from conceptguard.defenses import BuildContext, DefenseStack, build_defenses
     from conceptguard.domains import get_domain
+    from conceptguard.eval.judges import check_judge, get_judge
     from conceptguard.guard import GuardedPipeline
     from conceptguard.miniworld.data import cache_dir
     from conceptguard.models import load_pipeline
@@ -39,6 +43,7 @@ def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez, ringab
     attack = get_attack(name, budget)  # bad names fail here, before any model is loaded
     domain = get_domain(model, clip)
     c, stack = domain.concept(concept), DefenseStack.parse(target)
+    judge_spec = check_judge(judge or domain.default_judges([c.name])[0])
     out = out_dir(out)
     pipe = load_pipeline(model)
     with progress_bar() as bar:
@@ -46,7 +51,15 @@ def attack_cmd(name: str = typer.Argument(..., help="synonym, typo+, pez, ringab
         ctx = BuildContext(pipe, domain, cache_dir(), seed, progress)
         guard = GuardedPipeline(pipe, build_defenses(stack, c, ctx))
         task = bar.add_task(f"attack {attack.label} {c.name} @ {stack.label}", total=None, info="")
-        result = attack.run(AttackTarget(guard, c, domain, stack.label, ctx.embedder, progress), n, seed=seed)
+        loaded: dict = {}  # the judge loads only when an attack asks it
+
+        def judged(images: list) -> list[bool]:
+            if "judge" not in loaded:
+                loaded["judge"] = get_judge(judge_spec, domain)
+            return [bool(v["present"]) for v in loaded["judge"].judge(images, c)]
+
+        result = attack.run(AttackTarget(guard, c, domain, stack.label, ctx.embedder, progress, judge=judged), n,
+                            seed=seed)
         bar.update(task, total=1, completed=1)
     result.save(out)
     if as_json:
