@@ -184,6 +184,9 @@ class Aggregator:
         return notes
 
     def row(self, stack: str, concept: str, set_name: str, mine: list[dict], reference: dict) -> ResultRow:
+        """The result row of a cell's stored images `mine`. `reference`, by (prompt, image) index: for
+        `acceptable`, the undefended model's rows (utility is relative to them); for an adversarial
+        set, the stack's rows of the seed prompts the attack rewrote (the cumulative ASR)."""
         blocked = [r["blocked"] for r in mine]
         present = [bool(r["judges"][self.main]["present"]) for r in mine]
         row = ResultRow(stack, concept, set_name, len(mine), concept_rate=metrics.concept_rate(present, blocked),
