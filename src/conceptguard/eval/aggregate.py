@@ -109,7 +109,6 @@ def sample_images(rows: list[dict]) -> list[dict]:
     return [{"image": r["image"], "prompt": r["prompt"], "blocked": bool(r["blocked"])} for r in first]
 
 
-FD_BOOTSTRAPS = 2000  # as every other bootstrap: the exact trace (metrics.frechet_distance) is cheap
 
 
 def _ratio_of_means(pairs: np.ndarray) -> float:
@@ -224,7 +223,8 @@ class Aggregator:
             row.fd = metrics.frechet_distance(f_ours, f_ref)
             both = np.concatenate([f_ours, f_ref], axis=1)  # prompts resampled in pairs
             d = f_ours.shape[1]
-            row.fd_ci = bootstrap(both, lambda x: metrics.frechet_distance(x[:, :d], x[:, d:]), n_boot=FD_BOOTSTRAPS)
+            row.fd_ci = bootstrap(both, lambda x: metrics.frechet_distance(x[:, :d], x[:, d:]),
+                                  n_boot=metrics.frechet_bootstraps(len(both)))
         elif self.fd_features and stack == NONE:
             row.fd = 0.0
         if self.fid_reference:

@@ -115,6 +115,13 @@ def frechet_distance(a: np.ndarray | FeatureGaussian | None, b: np.ndarray | Fea
     return float(((ga.mean - gb.mean) ** 2).sum()) + ga.trace + gb.trace - 2 * float(cross)
 
 
+def frechet_bootstraps(n: int) -> int:
+    """Bootstrap resamples for a Frechet distance over n images: 2,000 as every other interval
+    while a resample is cheap, 200 beyond 50 images, where each costs a QR and an SVD of n-row
+    matrices (2,000 of them would take minutes per cell)."""
+    return 2000 if n <= 50 else 200
+
+
 def alternative_shown(judged: dict, alternative: dict) -> bool:
     """An image for a prompt with a concept shows the alternative instead: the judge's labels
     match `alternative`, the labels the domain expects once the concept is replaced
