@@ -223,8 +223,7 @@ class Aggregator:
             row.fd = metrics.frechet_distance(f_ours, f_ref)
             both = np.concatenate([f_ours, f_ref], axis=1)  # prompts resampled in pairs
             d = f_ours.shape[1]
-            row.fd_ci = bootstrap(both, lambda x: metrics.frechet_distance(x[:, :d], x[:, d:]),
-                                  n_boot=metrics.frechet_bootstraps(len(both)))
+            row.fd_ci = metrics.frechet_interval(both, lambda x: metrics.frechet_distance(x[:, :d], x[:, d:]))
         elif self.fd_features and stack == NONE:
             row.fd = 0.0
         if self.fid_reference:

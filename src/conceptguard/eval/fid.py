@@ -22,8 +22,8 @@ from PIL import Image
 from conceptguard.domain import Domain
 from conceptguard.errors import InvalidInputError
 from conceptguard.eval.config import BenchConfig
-from conceptguard.eval.metrics import FeatureGaussian, frechet_bootstraps, frechet_distance
-from conceptguard.eval.stats import Interval, bootstrap
+from conceptguard.eval.metrics import FeatureGaussian, frechet_distance, frechet_interval
+from conceptguard.eval.stats import Interval
 from conceptguard.images import as_rgb, read_image_folder
 from conceptguard.models import ClipEmbedder, load_clip, resolve_device
 
@@ -98,7 +98,7 @@ class RealImageReference:
         """The FID of `images` and its 95% bootstrap interval."""
         ours = self.features(images)
         return (frechet_distance(ours, self.gaussian),
-                bootstrap(ours, lambda x: frechet_distance(x, self.gaussian), n_boot=frechet_bootstraps(len(ours))))
+                frechet_interval(ours, lambda x: frechet_distance(x, self.gaussian)))
 
 
 def real_image_reference(config: BenchConfig, domain: Domain, clip_judge=None) -> RealImageReference:

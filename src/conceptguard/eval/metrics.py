@@ -7,11 +7,12 @@ effectiveness and as a failure for utility.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import linalg
 
+from conceptguard.eval.stats import Interval, bootstrap
 from conceptguard.miniworld.oracle import labels_match
 
 
@@ -115,11 +116,14 @@ def frechet_distance(a: np.ndarray | FeatureGaussian | None, b: np.ndarray | Fea
     return float(((ga.mean - gb.mean) ** 2).sum()) + ga.trace + gb.trace - 2 * float(cross)
 
 
-def frechet_bootstraps(n: int) -> int:
-    """Bootstrap resamples for a Frechet distance over n images: 2,000 as every other interval
-    while a resample is cheap, 200 beyond 50 images, where each costs a QR and an SVD of n-row
-    matrices (2,000 of them would take minutes per cell)."""
-    return 2000 if n <= 50 else 200
+def frechet_interval(rows: np.ndarray, distance: Callable[[np.ndarray], float]) -> Interval | None:
+    """95% bootstrap interval of a Frechet distance computed by `distance` from feature `rows`
+    (resampled together: paired rows stay paired). Recentred on the estimate (resampling with
+    replacement repeats images, which inflates the distance) and floored at 0. 2,000 resamples as
+    every other interval while a resample is cheap, 200 beyond 50 images, where each costs a QR
+    and an SVD of n-row matrices (2,000 of them would take minutes per cell)."""
+    interval = bootstrap(rows, distance, n_boot=2000 if len(rows) <= 50 else 200, recentre=True)
+    return None if interval is None else (max(0.0, interval[0]), max(0.0, interval[1]))
 
 
 def alternative_shown(judged: dict, alternative: dict) -> bool:

@@ -35,9 +35,13 @@ def rate_interval(flags: Sequence[bool]) -> Interval | None:
 
 
 def bootstrap(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean,
-              n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Interval | None:
+              n_boot: int = 2000, seed: int = 0, level: float = 0.95, recentre: bool = False) -> Interval | None:
     """Percentile bootstrap interval of `statistic` over the rows of `values` (resampled with
-    replacement). Rows may be tuples (e.g. paired values) when `statistic` reads them so."""
+    replacement). Rows may be tuples (e.g. paired values) when `statistic` reads them so.
+
+    `recentre` shifts the percentiles by the resampling bias (the resamples' mean minus the
+    statistic on the data), for statistics that resampling with replacement itself moves: a
+    Frechet distance grows when images repeat, so its plain percentiles sit above the estimate."""
     data = np.asarray(values, dtype=float)
     if len(data) < 2:
         return None
@@ -48,7 +52,8 @@ def bootstrap(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndar
     if not len(stats):
         return None
     alpha = (1 - level) / 2
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+    shift = float(stats.mean() - statistic(data)) if recentre else 0.0
+    return float(np.quantile(stats, alpha)) - shift, float(np.quantile(stats, 1 - alpha)) - shift
 
 
 def verdict(interval: Interval | None, bar: float, higher_is_better: bool) -> Verdict:
