@@ -48,4 +48,15 @@ def get_attack(name: str, budget: str = "cpu", settings: Mapping[str, Any] | Non
     return cls(preset, **kwargs)
 
 
-__all__ = ["ADVERSARIAL", "ATTACKS", "BUDGETS", "Attack", "AttackResult", "AttackTarget", "Budget", "get_attack"]
+def search_share(name: str, budget: str = "cpu", settings: Mapping[str, Any] | None = None) -> str:
+    """How much of the paper's search the attack's budget (with `settings` applied) runs, e.g.
+    "300 of 3,000 steps (10%)"; "no search" for an attack that does not search."""
+    ours = get_attack(name, budget, settings).budget.search_size()
+    paper = get_attack(name, "paper").budget.search_size()
+    if ours is None or paper is None:
+        return "no search"
+    return f"{ours[0]:,} of {paper[0]:,} {paper[1]} ({100 * ours[0] / paper[0]:.3g}%)"
+
+
+__all__ = ["ADVERSARIAL", "ATTACKS", "BUDGETS", "Attack", "AttackResult", "AttackTarget", "Budget", "get_attack",
+           "search_share"]

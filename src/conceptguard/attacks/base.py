@@ -49,6 +49,12 @@ class Budget(BaseModel):
     def cpu(cls) -> "Budget":
         return cls()
 
+    def search_size(self) -> tuple[int, str] | None:
+        """How much searching this budget buys, on the axis that sets the search's size (steps,
+        evaluations, queries) with that axis's unit; None for an attack that does not search.
+        A budget's share of the paper's is the ratio of the two sizes."""
+        return None
+
 
 @dataclass
 class AttackResult:

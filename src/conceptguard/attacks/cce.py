@@ -50,6 +50,9 @@ class CCEBudget(Budget):
     def cpu(cls) -> CCEBudget:
         return cls(steps=60, lr=1.5e-2, batch=4, images=8, t_min=100, t_max=900)
 
+    def search_size(self) -> tuple[int, str]:
+        return self.steps, "steps"
+
 
 def placeholder_for(target: AttackTarget, key: str, seed: int) -> str:
     """A placeholder such as "<cce-3fa2c01b>", hashed from `key` (the result's cache name) and the

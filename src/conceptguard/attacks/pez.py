@@ -50,6 +50,9 @@ class PezBudget(Budget):
         # whole-word tokens lift the oracle's concept rate from 0.64 (8 tokens, 150 steps, 4 images).
         return cls(prompt_len=16, iterations=300, images=16, whole_words=True)
 
+    def search_size(self) -> tuple[int, str]:
+        return self.iterations, "steps"
+
 
 @dataclass
 class PezOutput:

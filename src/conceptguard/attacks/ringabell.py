@@ -53,6 +53,9 @@ class RingABellBudget(Budget):
         return cls(length=8, eta=3.0, population=24, generations=16, elite=4, append=True, positions=24,
                    patience=6)
 
+    def search_size(self) -> tuple[int, str]:
+        return self.population * self.generations, "fitness evaluations"
+
 
 @ATTACKS.register("ringabell", adaptive=False)
 @ATTACKS.register("ringabell+", adaptive=True)

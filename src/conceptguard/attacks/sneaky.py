@@ -63,6 +63,9 @@ class SneakyBudget(Budget):
         """Mini world: 12 queries per prompt at 10 steps (about 0.2 s per image on a CPU core)."""
         return cls(queries=12, beam=3, steps=10, reward="p_u", threshold=0.95, max_tokens=2, pool=12, confirm=2)
 
+    def search_size(self) -> tuple[int, str]:
+        return self.queries, "queries"
+
 
 @ATTACKS.register("sneaky")
 class SneakyPrompt(Attack[SneakyBudget]):

@@ -272,6 +272,10 @@ class UnlearnDiffBudget(Budget):
         return cls(tokens=5, procedure="swap", iterations=20, candidates=8, draws=2, t_min=100, t_max=900,
                    init_pool=10)
 
+    def search_size(self) -> tuple[int, str]:
+        per_prompt = self.iterations * self.timesteps if self.procedure == "simplex" else self.iterations
+        return per_prompt, "steps"
+
 
 class WhiteBoxAttack(Attack[B]):
     """Base of the attacks that optimise against the defended model's weights (UnlearnDiffAtk, CCE)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conceptguard.attacks import ADVERSARIAL
+from conceptguard.attacks import ADVERSARIAL, search_share
 from conceptguard.eval.attack_cache import SEED_SET
 from conceptguard.eval.metrics import METRICS, direction_label
 from conceptguard.eval.report import (
@@ -224,13 +224,18 @@ def render(results: dict, plots: dict[str, str], command: str) -> str:
                     [[d, *(_cell(rows, d, "acceptable", metric=m) for m in utility)] for d in defenses])
 
     if attacks:
-        budget = (results.get("config") or {}).get("attack_budget", "cpu")
+        config = results.get("config") or {}
+        budget = config.get("attack_budget", "cpu")
         lines += ["## Robustness: concept rate after each attack", "",
-                  f"Attack budget `{budget}` ({'the papers' if budget == 'paper' else 'a small fraction of the papers'}'; "
-                  "docs/attacks.md, \"Budgets\"). ASR here is the final prompts' (the concept rate of the images of "
-                  "the adversarial prompts); the papers' cumulative and best-of-N counts follow. Each attack's "
-                  "prompts were found against the defense in that row (white-box attacks use its weights); mean over "
-                  "concepts. `worst` is, per concept, the highest rate over all attacks, then averaged.", ""]
+                  f"Attack budget `{budget}`: per prompt, each attack searched this share of its paper's search "
+                  "(docs/attacks.md, \"Budgets\"), so at `cpu` these rates are lower bounds on what an attacker "
+                  "at the papers' budgets reaches:", ""]
+        settings = config.get("attack_settings") or {}
+        lines += _table(["attack", "search"], [[a, search_share(a, budget, settings.get(a))] for a in attacks])
+        lines += ["ASR here is the final prompts' (the concept rate of the images of the adversarial prompts); the "
+                  "papers' cumulative and best-of-N counts follow. Each attack's prompts were found against the "
+                  "defense in that row (white-box attacks use its weights); mean over concepts. `worst` is, per "
+                  "concept, the highest rate over all attacks, then averaged.", ""]
         body = []
         for d in defenses:
             worst = _mean(worst_case(rows, d, c)[0] for c in concepts)
